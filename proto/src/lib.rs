@@ -1,0 +1,2 @@
+//! switchboard wire contract v1.
+pub mod ids;
