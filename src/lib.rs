@@ -1,1 +1,30 @@
-//! x
+//! switchboard: an actor-based real-time messaging server.
+//!
+//! # Layout
+//!
+//! - [`config`]: the configuration tree (file, env, flags) and its validation.
+//! - [`server`]: start-up, the accept loop and the ordered, bounded shutdown.
+//! - [`http`]: the one listener's routes: `/ws`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`gateway`]: the WebSocket upgrade (auth and origin checks before any actor exists),
+//!   the per-socket connection task and its bounded, coalescing [`gateway::outbox`].
+//! - [`auth`]: JWT verification and development identities.
+//! - [`actors`]: the supervised actor tree: per-user actors, per-conversation
+//!   sequencers, the supervisor with its restart policy, and the directory that finds them.
+//! - [`sessions`]: the registry of connected devices, the fanout table.
+//! - [`store`]: the `MessageStore` trait and the embedded (fjall) store with group commit.
+//! - [`node`]: what one process shares between its tasks and actors.
+//! - [`metrics`]: the Prometheus recorder.
+//!
+//! The wire types live in the `switchboard-proto` crate and the bus between nodes in
+//! `switchboard-cluster`.
+
+pub mod actors;
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod sessions;
+pub mod store;

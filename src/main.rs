@@ -1,1 +1,122 @@
-fn main() {}
+//! The `switchboard` binary: `switchboard serve [flags]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchboard::config::{Config, LogFormat, Overrides};
+use switchboard::server::Server;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about = "An actor-based real-time messaging server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: HTTP + WebSocket on one listener.
+    Serve(ServeArgs),
+}
+
+/// Each flag can also be set by `SWITCHBOARD_<NAME>` and in the config file; flags win
+/// over the environment, the environment over the file.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP + WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Embedded store directory [default: ./data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Development auth: accept ?user=&device= without a token.
+    #[arg(long, env = "SWITCHBOARD_DEV", num_args = 0..=1, default_missing_value = "true")]
+    dev: Option<bool>,
+    /// Allow --dev on a non-loopback listen address.
+    #[arg(long, env = "SWITCHBOARD_DEV_ALLOW_REMOTE", num_args = 0..=1, default_missing_value = "true")]
+    dev_allow_remote: Option<bool>,
+    /// `embedded` or `cql://host:port[,host:port]/keyspace` [default: embedded].
+    #[arg(long, env = "SWITCHBOARD_STORE")]
+    store: Option<String>,
+    /// NATS server URL(s); absent: a single node with the in-process bus.
+    #[arg(long, env = "SWITCHBOARD_NATS")]
+    nats: Option<String>,
+    /// This node's id in a cluster [default: derived from host and port].
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    node_id: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply(Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        dev: args.dev,
+        dev_allow_remote: args.dev_allow_remote,
+        store: args.store,
+        nats: args.nats,
+        node_id: args.node_id,
+    });
+    config.validate()?;
+    init_tracing(config.log_format);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let metrics = switchboard::metrics::install();
+        let server = Server::start(config, metrics).await?;
+        // A machine-readable line for scripts and tests that listen on port 0.
+        println!("switchboard listening on {}", server.local_addr());
+        server.run(shutdown_signal()).await
+    })?;
+    // Background tasks (HTTP keep-alives, timers) must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}

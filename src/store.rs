@@ -46,6 +46,10 @@ pub enum StoreError {
     /// directory and the logs.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// An append does not continue the stored log (it would leave a gap or overwrite
+    /// other messages): the sequencer is stale and must reload `last_seq`.
+    #[error("sequence conflict: {0}")]
+    Conflict(String),
     /// The store has been closed (shutdown in progress).
     #[error("store is closed")]
     Closed,
@@ -148,28 +152,13 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     async fn set_members(&self, conv: &ConvId, members: &[UserId]) -> StoreResult<()>;
 
     /// The earlier send of `cmid` by `from` in `conv`, if one is stored and not expired.
-    async fn find_dedup(
-        &self,
-        conv: &ConvId,
-        from: &UserId,
-        cmid: &str,
-    ) -> StoreResult<Option<DedupHit>>;
+    async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>>;
 
     /// Messages with `seq > after`, ascending, at most `limit`.
-    async fn read_after(
-        &self,
-        conv: &ConvId,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredMessage>>;
+    async fn read_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<StoredMessage>>;
 
     /// Messages with `seq < before` (all if `None`), newest first, at most `limit`.
-    async fn read_before(
-        &self,
-        conv: &ConvId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<Vec<StoredMessage>>;
+    async fn read_before(&self, conv: &ConvId, before: Option<u64>, limit: usize) -> StoreResult<Vec<StoredMessage>>;
 
     /// The conversations in a user's `user_convs` index.
     async fn user_convs(&self, user: &UserId) -> StoreResult<Vec<ConvId>>;
@@ -181,31 +170,15 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     async fn unindex_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()>;
 
     /// The delivery cursors of one device: conversation -> highest delivered seq.
-    async fn device_cursors(
-        &self,
-        user: &UserId,
-        device: &DeviceId,
-    ) -> StoreResult<HashMap<ConvId, u64>>;
+    async fn device_cursors(&self, user: &UserId, device: &DeviceId) -> StoreResult<HashMap<ConvId, u64>>;
 
     /// Raises a device's cursor in `conv` to `seq`; never lowers it. Returns whether it
     /// moved.
-    async fn advance_cursor(
-        &self,
-        user: &UserId,
-        device: &DeviceId,
-        conv: &ConvId,
-        seq: u64,
-    ) -> StoreResult<bool>;
+    async fn advance_cursor(&self, user: &UserId, device: &DeviceId, conv: &ConvId, seq: u64) -> StoreResult<bool>;
 
     /// Raises a member's delivered or read mark in `conv` to `seq`; never lowers it.
     /// A read mark also raises the delivered mark. Returns whether the `kind` mark moved.
-    async fn advance_mark(
-        &self,
-        conv: &ConvId,
-        user: &UserId,
-        kind: MarkKind,
-        seq: u64,
-    ) -> StoreResult<bool>;
+    async fn advance_mark(&self, conv: &ConvId, user: &UserId, kind: MarkKind, seq: u64) -> StoreResult<bool>;
 
     /// Every member's receipt marks in `conv`.
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>>;

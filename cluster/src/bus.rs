@@ -1,0 +1,156 @@
+//! The bus between nodes: a publish/subscribe interface shaped like NATS core.
+//!
+//! Subjects are dot-separated tokens; subscriptions may use `*` (one token) and `>` (the
+//! rest); see [`crate::subject`]. Delivery is best-effort and at-most-once, as in NATS
+//! core: a message published while a peer is disconnected or too slow is lost. That is
+//! by design. Durability comes from the store, and every client resumes from its cursor
+//! on reconnect (DESIGN sections 3 and 4.6), so the bus only has to be fast.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::subject::SubjectError;
+
+/// A publish/subscribe bus. Implementations are cheap cloneable handles; share one per
+/// process.
+#[async_trait]
+pub trait Bus: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and metrics (`"in-process"`, `"nats"`).
+    fn name(&self) -> &'static str;
+
+    /// Publishes `payload` on `subject` to every matching subscription. Never waits for
+    /// subscribers: a subscriber that cannot keep up loses the message.
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Subscribes to a subject or wildcard pattern. The subscription ends when the
+    /// returned [`Subscription`] is dropped.
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+
+    /// Whether the bus can currently reach its peers. While it cannot, publishes fail
+    /// with [`BusError::Disconnected`] and local delivery carries on without it.
+    fn is_connected(&self) -> bool;
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The bus cannot reach its server. Local delivery continues; remote recipients
+    /// catch up by resume once the bus is back.
+    #[error("bus is disconnected; remote peers will catch up by resume when it is back")]
+    Disconnected,
+    /// The subject (or pattern) breaks the subject rules.
+    #[error("invalid subject {subject:?}: {reason}")]
+    InvalidSubject { subject: String, reason: SubjectError },
+    /// The payload is larger than the bus accepts (NATS' `max_payload`, 1 MiB by
+    /// default); the caller should split it or send a reference instead.
+    #[error("payload of {size} bytes exceeds the bus maximum of {max} bytes")]
+    PayloadTooLarge { size: usize, max: usize },
+}
+
+/// One message received on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    /// The subject it was published to (not the subscription's pattern).
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// A live subscription: a bounded stream of [`BusMessage`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    subject: String,
+    receiver: mpsc::Receiver<BusMessage>,
+    dropped: Arc<AtomicU64>,
+    unsubscribe: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Subscription {
+    /// For bus implementations: wraps the receiving half of the subscription's bounded
+    /// channel. `dropped` is the count of messages the implementation discarded because
+    /// the channel was full; `unsubscribe` runs once, when the subscription is dropped,
+    /// and must not block (send a command to a background task if there is IO to do).
+    pub fn new(
+        subject: impl Into<String>,
+        receiver: mpsc::Receiver<BusMessage>,
+        dropped: Arc<AtomicU64>,
+        unsubscribe: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Self { subject: subject.into(), receiver, dropped, unsubscribe: Some(Box::new(unsubscribe)) }
+    }
+
+    /// The next message, or `None` once the bus has shut down.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        self.receiver.recv().await
+    }
+
+    /// The next message if one is already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<BusMessage> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// The subject or pattern this subscription was made with.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// How many messages were discarded because this subscription's queue was full. A
+    /// consumer that sees it grow has missed messages and should resynchronise from the
+    /// store.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(unsubscribe) = self.unsubscribe.take() {
+            unsubscribe();
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("subject", &self.subject)
+            .field("queued", &self.receiver.len())
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn drop_runs_unsubscribe_once() {
+        let unsubscribed = Arc::new(AtomicBool::new(false));
+        let (sender, receiver) = mpsc::channel(1);
+        let flag = Arc::clone(&unsubscribed);
+        let mut subscription = Subscription::new("a.b", receiver, Arc::default(), move || {
+            assert!(!flag.swap(true, Ordering::SeqCst), "unsubscribed twice");
+        });
+        sender.try_send(BusMessage { subject: "a.b".into(), payload: Bytes::from_static(b"x") }).unwrap();
+        assert_eq!(subscription.next().await.unwrap().payload, Bytes::from_static(b"x"));
+        assert!(subscription.try_next().is_none());
+        assert_eq!(subscription.subject(), "a.b");
+        assert!(format!("{subscription:?}").contains("a.b"));
+        drop(subscription);
+        assert!(unsubscribed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let error = BusError::InvalidSubject { subject: "a..b".into(), reason: SubjectError::EmptyToken };
+        assert!(error.to_string().contains("a..b"));
+        assert!(BusError::Disconnected.to_string().contains("resume"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The supervised actor tree and the directory that finds its actors.
+//!
+//! ```text
+//! root (supervisor: one-for-one, N restarts in T seconds, then the node stops)
+//! ├── users (supervisor)          ── user:<id> actors, one per active user
+//! └── convs (supervisor)          ── conv:<id> actors, one per active conversation
+//! ```
+//!
+//! User and conversation actors are started on first use and hibernate (stop) when idle;
+//! the [`Directory`] is the only way to reach one: it looks the actor up by name in
+//! ractor's registry and starts it if absent, so a restarted actor (which has a new
+//! `ActorRef`) is found the same way. Names are unique per node, which also makes each
+//! conversation's sequencer unique: a second actor for the same conversation cannot be
+//! spawned while the first is alive.
+//!
+//! A crashed child is restarted lazily, by the next message for it; the supervisor counts
+//! failures and escalates when a child crashes too often (the subtree is stopped and
+//! restarted by root; root escalating stops the node so the orchestrator restarts it).
+//! Nothing acknowledged lives only in an actor: acks follow durable writes, and every
+//! actor rebuilds its state from the store.
+//!
+//! ractor mailboxes are unbounded, so bounds are ours: a conversation refuses sends past
+//! `actors.conv_max_pending` with `overloaded`, and a connection has at most
+//! `gateway.max_inflight_requests` requests in flight.
+
+pub mod conversation;
+pub mod supervisor;
+pub mod user;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorRef, MessagingErr, SpawnErr};
+use switchboard_proto::ids::{ConvId, UserId};
+
+use crate::node::Node;
+
+use self::conversation::{ConvActor, ConvMsg};
+use self::supervisor::{RestartPolicy, Supervisor, SupervisorArgs};
+use self::user::{UserActor, UserMsg};
+
+/// How long a message may take to reach an actor (spawning it, waiting out one that is
+/// hibernating) before the caller gives up with `unavailable`.
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Why a message could not be handed to an actor.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The actor could not be started (its state could not be loaded: store down).
+    #[error("actor could not start: {0}")]
+    Start(String),
+    /// The actor could not be reached in time (supervisor restarting, node stopping).
+    #[error("actor unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Finds (and starts) user and conversation actors by name.
+#[derive(Debug)]
+pub struct Directory {
+    prefix: String,
+    root: ActorRef<supervisor::SupervisorMsg>,
+}
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+impl Directory {
+    /// Starts the supervision tree. `escalation` is cancelled if root itself gives up.
+    pub async fn start(
+        policy: RestartPolicy,
+        escalation: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, SpawnErr> {
+        // Names live in a process-wide registry: a per-node prefix keeps nodes apart.
+        let prefix = format!("sb{}", INSTANCE.fetch_add(1, Ordering::Relaxed));
+        let children = ["users", "convs"].map(|child| SupervisorArgs {
+            name: format!("{prefix}/{child}"),
+            policy: policy.clone(),
+            children: Vec::new(),
+            escalation: None,
+        });
+        let (root, _) = Actor::spawn(
+            Some(format!("{prefix}/root")),
+            Supervisor,
+            SupervisorArgs {
+                name: format!("{prefix}/root"),
+                policy,
+                children: children.into(),
+                escalation: Some(escalation),
+            },
+        )
+        .await?;
+        Ok(Self { prefix, root })
+    }
+
+    /// Stops the whole tree (shutdown), waiting up to `timeout`.
+    pub async fn stop(&self, timeout: Duration) {
+        for child in ["users", "convs"] {
+            if let Some(supervisor) = ractor::registry::where_is(format!("{}/{child}", self.prefix)) {
+                supervisor.stop_children_and_wait(None, Some(timeout)).await;
+            }
+        }
+        let _ = self.root.stop_and_wait(None, Some(timeout)).await;
+    }
+
+    fn supervisor(&self, child: &str) -> Option<ActorCell> {
+        ractor::registry::where_is(format!("{}/{child}", self.prefix))
+    }
+
+    /// Hands `message` to the conversation's sequencer, starting it if needed.
+    pub async fn conv(&self, node: &Arc<Node>, conv: &ConvId, message: ConvMsg) -> Result<(), DirectoryError> {
+        let name = format!("{}/conv/{conv}", self.prefix);
+        self.deliver(&name, "convs", message, |supervisor| {
+            Actor::spawn_linked(Some(name.clone()), ConvActor, (node.clone(), conv.clone()), supervisor)
+        })
+        .await
+    }
+
+    /// Hands `message` to the user's actor, starting it if needed.
+    pub async fn user(&self, node: &Arc<Node>, user: &UserId, message: UserMsg) -> Result<(), DirectoryError> {
+        let name = format!("{}/user/{user}", self.prefix);
+        self.deliver(&name, "users", message, |supervisor| {
+            Actor::spawn_linked(Some(name.clone()), UserActor, (node.clone(), user.clone()), supervisor)
+        })
+        .await
+    }
+
+    async fn deliver<M, F, Fut>(
+        &self,
+        name: &str,
+        supervisor: &str,
+        mut message: M,
+        spawn: F,
+    ) -> Result<(), DirectoryError>
+    where
+        M: ractor::Message,
+        F: Fn(ActorCell) -> Fut,
+        Fut: Future<Output = Result<(ActorRef<M>, tokio::task::JoinHandle<()>), SpawnErr>>,
+    {
+        let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+        loop {
+            let actor = match ractor::registry::where_is(name) {
+                Some(cell) => ActorRef::<M>::from(cell),
+                None => {
+                    let Some(supervisor) = self.supervisor(supervisor) else {
+                        // The supervisor is being restarted by root.
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(DirectoryError::Unreachable(format!("supervisor {supervisor} is down")));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    match spawn(supervisor).await {
+                        Ok((actor, _)) => actor,
+                        // Someone else started it first, or the previous incarnation is
+                        // still stopping: look it up again.
+                        Err(SpawnErr::ActorAlreadyRegistered(_)) => {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                        Err(error) => return Err(DirectoryError::Start(error.to_string())),
+                    }
+                }
+            };
+            match actor.cast(message) {
+                Ok(()) => return Ok(()),
+                // The actor is hibernating or stopping: it takes no new messages. Wait for
+                // its name to be free and start a new one.
+                Err(MessagingErr::SendErr(returned)) => message = returned,
+                Err(error) => return Err(DirectoryError::Unreachable(error.to_string())),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DirectoryError::Unreachable(format!("{name} did not take the message in time")));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Configuration: one serde tree, loaded from a TOML file, then environment variables,
+//! then command-line flags (flags win over env, env over file).
+//!
+//! Every field has a documented default, so an empty file (or none) is a valid
+//! configuration for a single node with the embedded store. [`Config::validate`] reports
+//! every problem at once instead of stopping at the first.
+//!
+//! Secrets never come from flags or the file: the HS256 secret is read from
+//! `SWITCHBOARD_JWT_SECRET`, the admin token from `SWITCHBOARD_ADMIN_TOKEN`; public keys
+//! for RS256/EdDSA come from a file named here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP + WebSocket listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Development auth (`?user=&device=` without a token). Default off.
+    pub dev: bool,
+    /// Allow `dev` on a non-loopback listen address. Default off: dev mode on a public
+    /// address lets anyone be anyone.
+    pub dev_allow_remote: bool,
+    /// `embedded` or `cql://host:port[,host:port]/keyspace`. Default `embedded`.
+    pub store: String,
+    /// NATS server URL(s); absent means a single node with the in-process bus.
+    pub nats: Option<String>,
+    /// This node's id in a cluster. Default: derived from host name and port.
+    pub node_id: Option<String>,
+    /// Log output: `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+    pub actors: ActorsConfig,
+    pub store_options: StoreOptions,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            dev: false,
+            dev_allow_remote: false,
+            store: "embedded".to_owned(),
+            nats: None,
+            node_id: None,
+            log_format: LogFormat::Text,
+            auth: AuthConfig::default(),
+            gateway: GatewayConfig::default(),
+            actors: ActorsConfig::default(),
+            store_options: StoreOptions::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// JWT verification at the upgrade.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (secret from `SWITCHBOARD_JWT_SECRET`), `RS256` or `EdDSA` (public key
+    /// from `public_key_file`, PEM). Default `HS256`.
+    pub algorithm: JwtAlgorithm,
+    /// PEM public key for RS256/EdDSA. Default none.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `aud` claim, if set. Default none (not checked).
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set. Default none (not checked).
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds. Default 30.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { algorithm: JwtAlgorithm::Hs256, public_key_file: None, audience: None, issuer: None, leeway_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    #[serde(rename = "HS256")]
+    Hs256,
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+/// The WebSocket gateway: limits and buffers of every connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Allowed `Origin` values (exact, e.g. `https://chat.example.com`). Empty: any
+    /// origin. A request without `Origin` (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket message or frame, bytes; larger closes with 1009. Default 65536.
+    pub max_frame_bytes: usize,
+    /// Largest `body` of a `send`, bytes; larger gets a `too_large` error. Default 16384.
+    pub max_body_bytes: usize,
+    /// Time to complete the HTTP upgrade, ms. Default 5000.
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed, ms.
+    /// Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Ping interval on a quiet connection, ms. Default 25000.
+    pub ping_interval_ms: u64,
+    /// Per-connection read buffer, bytes (tungstenite's default is 128 KiB; most idle
+    /// connections need almost none). Default 4096.
+    pub read_buffer_bytes: usize,
+    /// Frames queued for one connection before it is a slow consumer (4001).
+    /// Default 1024.
+    pub outbox_max_frames: usize,
+    /// Bytes queued for one connection before it is a slow consumer (4001).
+    /// Default 1 MiB.
+    pub outbox_max_bytes: usize,
+    /// Requests of one connection in flight at once; past it the connection stops
+    /// reading until one completes. Default 64.
+    pub max_inflight_requests: usize,
+    /// Timeout of one request (a send waiting for its ack), ms. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Open connections this node accepts; past it upgrades get 503. Default 1000000.
+    pub max_connections: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            ping_interval_ms: 25_000,
+            read_buffer_bytes: 4096,
+            outbox_max_frames: 1024,
+            outbox_max_bytes: 1024 * 1024,
+            max_inflight_requests: 64,
+            request_timeout_ms: 5_000,
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// The actor tree: restart policy and hibernation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorsConfig {
+    /// Restarts a supervisor allows within `restart_window_secs` before it escalates.
+    /// Default 20.
+    pub max_restarts: u32,
+    /// The restart-counting window, seconds. Default 10.
+    pub restart_window_secs: u64,
+    /// A user actor with no work for this long hibernates (stops; its connections stay),
+    /// ms. Default 30000.
+    pub user_idle_ms: u64,
+    /// A conversation actor with no work for this long hibernates, ms. Default 60000.
+    pub conv_idle_ms: u64,
+    /// Most messages of one conversation written in one batch. Default 256.
+    pub conv_max_batch: usize,
+    /// Sends queued in one conversation actor before new ones get `overloaded`.
+    /// Default 4096.
+    pub conv_max_pending: usize,
+    /// Recent `cmid`s a conversation actor remembers without asking the store.
+    /// Default 1024.
+    pub conv_dedup_cache: usize,
+}
+
+impl Default for ActorsConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 20,
+            restart_window_secs: 10,
+            user_idle_ms: 30_000,
+            conv_idle_ms: 60_000,
+            conv_max_batch: 256,
+            conv_max_pending: 4096,
+            conv_dedup_cache: 1024,
+        }
+    }
+}
+
+/// Options of the store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// How long a `cmid` is remembered for deduplication, seconds. Default 7 days.
+    pub dedup_ttl_secs: u64,
+    /// Messages read per page on resume. Default 200.
+    pub resume_page: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { dedup_ttl_secs: 7 * 24 * 3600, resume_page: 200 }
+    }
+}
+
+/// Shutdown phases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time for the whole drain (close clients, flush writers), ms. Default 10000.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace_ms: 10_000 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Values given on the command line or by `SWITCHBOARD_<NAME>` environment variables
+/// (clap merges those two); each one present overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub dev: Option<bool>,
+    pub dev_allow_remote: Option<bool>,
+    pub store: Option<String>,
+    pub nats: Option<String>,
+    pub node_id: Option<String>,
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Applies command-line and environment overrides.
+    pub fn apply(&mut self, overrides: Overrides) {
+        let Overrides { listen, data_dir, dev, dev_allow_remote, store, nats, node_id } = overrides;
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        if let Some(data_dir) = data_dir {
+            self.data_dir = data_dir;
+        }
+        if let Some(dev) = dev {
+            self.dev = dev;
+        }
+        if let Some(dev_allow_remote) = dev_allow_remote {
+            self.dev_allow_remote = dev_allow_remote;
+        }
+        if let Some(store) = store {
+            self.store = store;
+        }
+        if nats.is_some() {
+            self.nats = nats;
+        }
+        if node_id.is_some() {
+            self.node_id = node_id;
+        }
+    }
+
+    /// Checks the whole configuration and reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.dev && !self.listen.ip().is_loopback() && !self.dev_allow_remote {
+            problems.push(format!(
+                "dev mode refuses the non-loopback listen address {}: anyone could log in as \
+                 anyone; set dev_allow_remote (--dev-allow-remote) if you really mean it",
+                self.listen
+            ));
+        }
+        if self.store != "embedded" && !self.store.starts_with("cql://") {
+            problems.push(format!(
+                "store must be `embedded` or `cql://host:port[,host:port]/keyspace`, not `{}`",
+                self.store
+            ));
+        }
+        if let Some(node_id) = &self.node_id
+            && switchboard_proto::ids::UserId::new(node_id).is_err()
+        {
+            problems.push(format!("node_id `{node_id}` must be 1-64 characters of [A-Za-z0-9_.@-]"));
+        }
+        if matches!(self.auth.algorithm, JwtAlgorithm::Rs256 | JwtAlgorithm::EdDsa)
+            && self.auth.public_key_file.is_none()
+        {
+            problems.push("auth.public_key_file is required for RS256 and EdDSA".to_owned());
+        }
+        let gateway = &self.gateway;
+        if gateway.max_frame_bytes < 1024 {
+            problems.push("gateway.max_frame_bytes must be at least 1024".to_owned());
+        }
+        if gateway.max_body_bytes == 0 || gateway.max_body_bytes > gateway.max_frame_bytes {
+            problems.push("gateway.max_body_bytes must be between 1 and max_frame_bytes".to_owned());
+        }
+        if gateway.ping_interval_ms == 0 || gateway.ping_interval_ms >= gateway.idle_timeout_ms {
+            problems.push("gateway.ping_interval_ms must be above 0 and below idle_timeout_ms".to_owned());
+        }
+        for (name, value) in [
+            ("gateway.handshake_timeout_ms", gateway.handshake_timeout_ms),
+            ("gateway.request_timeout_ms", gateway.request_timeout_ms),
+            ("shutdown.grace_ms", self.shutdown.grace_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be above 0"));
+            }
+        }
+        for (name, value) in [
+            ("gateway.read_buffer_bytes", gateway.read_buffer_bytes),
+            ("gateway.outbox_max_frames", gateway.outbox_max_frames),
+            ("gateway.outbox_max_bytes", gateway.outbox_max_bytes),
+            ("gateway.max_inflight_requests", gateway.max_inflight_requests),
+            ("gateway.max_connections", gateway.max_connections),
+            ("actors.conv_max_batch", self.actors.conv_max_batch),
+            ("actors.conv_max_pending", self.actors.conv_max_pending),
+            ("store_options.resume_page", self.store_options.resume_page),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be above 0"));
+            }
+        }
+        if self.actors.max_restarts == 0 || self.actors.restart_window_secs == 0 {
+            problems.push("actors.max_restarts and actors.restart_window_secs must be above 0".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// This node's id: configured, or `<host>-<port>`.
+    pub fn node_id(&self) -> String {
+        if let Some(node_id) = &self.node_id {
+            return node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty() && switchboard_proto::ids::UserId::new(name).is_ok())
+            .unwrap_or_else(|| "node".to_owned());
+        format!("{host}-{}", self.listen.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut config = Config {
+            dev: true,
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            store: "postgres://x".to_owned(),
+            ..Config::default()
+        };
+        config.gateway.max_frame_bytes = 10;
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("expected invalid");
+        };
+        assert!(problems.len() >= 3, "{problems:?}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let mut config: Config = toml::from_str("listen = \"127.0.0.1:9000\"\ndev = false").unwrap();
+        config.apply(Overrides { dev: Some(true), ..Overrides::default() });
+        assert!(config.dev);
+        assert_eq!(config.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+}

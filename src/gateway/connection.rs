@@ -1,0 +1,518 @@
+//! One connection: a lean task per socket, not an actor.
+//!
+//! The task runs two halves concurrently (in one task, so one allocation): the reader
+//! decodes client frames and dispatches them, the writer drains the [`Outbox`] into the
+//! socket, coalescing whatever is queued into one flush, and keeps the connection alive
+//! (pings when quiet, closes when idle past the timeout or when the token expires).
+//!
+//! On connect the device is attached to its user actor and resumed: everything after its
+//! stored cursors is replayed, then `synced`; live messages that arrive meanwhile are
+//! held by the outbox and follow the replay, so each conversation stays in seq order.
+//!
+//! A connection has at most `gateway.max_inflight_requests` sends waiting for their
+//! acks; past that it stops reading until one completes (backpressure to the client
+//! through TCP instead of an unbounded queue).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{Future, SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use switchboard_proto::client::{ClientFrame, HistoryFrame, ReceiptFrame, SendFrame, SyncFrame, TypingFrame};
+use switchboard_proto::close::CloseCode;
+use switchboard_proto::codec;
+use switchboard_proto::error::ErrorCode;
+use switchboard_proto::ids::{ConvId, ConvKind};
+use switchboard_proto::server::{Ack, ErrorFrame, Hello, Pong, Synced, TypingEvent};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tracing::Instrument;
+
+use super::outbox::{Next, Outbox, Push};
+use crate::actors::conversation::{Accepted, ConvMsg, SendError, SendRequest};
+use crate::actors::user::UserMsg;
+use crate::auth::Identity;
+use crate::node::Node;
+use crate::sessions::DeviceSession;
+use crate::store::StoreError;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type SendResult = (Option<String>, ConvId, Result<Accepted, SendError>);
+type InflightSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+
+/// Frames written per flush at most.
+const MAX_BATCH: usize = 64;
+
+/// Serializes a server frame for the outbox.
+pub fn frame(value: &impl Serialize) -> Utf8Bytes {
+    // Our own JSON encoding is always UTF-8; the fallback is unreachable in practice.
+    Utf8Bytes::try_from(codec::encode(value)).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
+/// Why the initial attach failed.
+#[derive(Debug)]
+struct AttachFailed;
+
+struct Connection {
+    node: Arc<Node>,
+    identity: Identity,
+    conn_id: u64,
+    outbox: Arc<Outbox>,
+    opened: Instant,
+    /// Milliseconds after `opened` of the last frame received (any kind).
+    last_rx_ms: AtomicU64,
+}
+
+/// Runs a connection to its end. Returns when the socket is closed.
+pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Option<SocketAddr>) {
+    let conn_id = node.next_conn_id();
+    let span = tracing::info_span!(
+        "conn",
+        peer.addr = %peer.map(|peer| peer.to_string()).unwrap_or_default(),
+        user.id = %identity.user,
+        device.id = %identity.device,
+        conn.id = conn_id,
+    );
+    let gateway = &node.config.gateway;
+    let outbox = Arc::new(Outbox::new(gateway.outbox_max_frames, gateway.outbox_max_bytes));
+    let connection = Connection {
+        node: node.clone(),
+        identity,
+        conn_id,
+        outbox,
+        opened: Instant::now(),
+        last_rx_ms: AtomicU64::new(0),
+    };
+    connection.serve(socket).instrument(span).await;
+}
+
+impl Connection {
+    async fn serve(self, socket: Socket) {
+        metrics::gauge!("switchboard_connections").increment(1.0);
+        metrics::counter!("switchboard_connections_opened_total").increment(1);
+        let (sink, stream) = socket.split();
+        let hello = Hello {
+            user: self.identity.user.clone(),
+            device: self.identity.device.clone(),
+            node: self.node.node_id.clone(),
+            server: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+            limits: self.node.limits(),
+        };
+        self.outbox.push(frame(&hello));
+        // Live messages wait until the resume below has replayed what was missed.
+        self.outbox.hold();
+        let attached = self.attach().await;
+        if attached.is_err() {
+            self.outbox.close(CloseCode::Overloaded);
+        }
+        let mut writer = std::pin::pin!(self.write_loop(sink));
+        let reader = async {
+            if attached.is_err() {
+                return std::future::pending().await;
+            }
+            self.read_loop(stream).await
+        };
+        tokio::select! {
+            () = &mut writer => {}
+            close = reader => {
+                if let Some(code) = close {
+                    self.outbox.close(code);
+                } else {
+                    self.outbox.close(CloseCode::Normal);
+                }
+                // Let the writer send what is queued and the close frame, briefly.
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+            }
+        }
+        if attached.is_ok() {
+            self.detach().await;
+        }
+        metrics::gauge!("switchboard_connections").decrement(1.0);
+        tracing::debug!("connection closed");
+    }
+
+    fn session(&self) -> DeviceSession {
+        DeviceSession { device: self.identity.device.clone(), conn_id: self.conn_id, outbox: self.outbox.clone() }
+    }
+
+    async fn attach(&self) -> Result<(), AttachFailed> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let message = UserMsg::Attach { session: self.session(), reply: reply_tx };
+        if let Err(error) = self.node.directory.user(&self.node, &self.identity.user, message).await {
+            tracing::warn!(%error, "attach failed");
+            return Err(AttachFailed);
+        }
+        match tokio::time::timeout(self.node.config.gateway.request_timeout(), reply_rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                tracing::warn!("attach not confirmed in time");
+                // It may still have happened: never leave a registered dead session.
+                self.node.sessions.detach(&self.identity.user, &self.identity.device, self.conn_id);
+                Err(AttachFailed)
+            }
+        }
+    }
+
+    async fn detach(&self) {
+        let message = UserMsg::Detach { device: self.identity.device.clone(), conn_id: self.conn_id };
+        if self.node.directory.user(&self.node, &self.identity.user, message).await.is_err() {
+            // The user actor is unreachable; the registry must not keep a dead session.
+            self.node.sessions.detach(&self.identity.user, &self.identity.device, self.conn_id);
+        }
+    }
+
+    fn touch(&self) {
+        self.last_rx_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed)))
+    }
+
+    async fn write_loop(&self, mut sink: SplitSink<Socket, Message>) {
+        let gateway = &self.node.config.gateway;
+        let mut batch = Vec::new();
+        let mut keepalive = tokio::time::interval_at(Instant::now() + gateway.ping_interval(), gateway.ping_interval());
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expiry = async {
+            match self.identity.expires_at {
+                Some(exp) => {
+                    let left = Duration::from_secs(exp).saturating_sub(
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+                    );
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let mut expiry = std::pin::pin!(expiry);
+        let mut expired = false;
+        loop {
+            tokio::select! {
+                next = self.outbox.next(&mut batch, MAX_BATCH) => match next {
+                    Next::Frames => {
+                        let count = batch.len() as u64;
+                        for frame in batch.drain(..) {
+                            if sink.feed(Message::Text(frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            return;
+                        }
+                        metrics::counter!("switchboard_frames_out_total").increment(count);
+                        metrics::histogram!("switchboard_write_batch_frames").record(count as f64);
+                        // An idle connection should not keep a large batch buffer.
+                        if batch.capacity() > MAX_BATCH {
+                            batch = Vec::new();
+                        }
+                    }
+                    Next::Close(code) => {
+                        metrics::counter!("switchboard_closes_total", "code" => code.code().to_string()).increment(1);
+                        let close = CloseFrame { code: code.code().into(), reason: Utf8Bytes::from_static(code.reason()) };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
+                        return;
+                    }
+                },
+                _ = keepalive.tick() => {
+                    let quiet = self.quiet_for();
+                    if quiet >= gateway.idle_timeout() {
+                        tracing::debug!(quiet_ms = quiet.as_millis() as u64, "idle timeout");
+                        self.outbox.close(CloseCode::Normal);
+                    } else if quiet >= gateway.ping_interval()
+                        && sink.send(Message::Ping(Default::default())).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                () = &mut expiry, if !expired => {
+                    expired = true;
+                    tracing::info!("token expired, closing");
+                    self.outbox.close(CloseCode::Policy);
+                }
+            }
+        }
+    }
+
+    /// Reads until the peer goes away; returns the close code to send, if any.
+    async fn read_loop(&self, mut stream: SplitStream<Socket>) -> Option<CloseCode> {
+        if let Err(code) = self.resume(None, None).await {
+            return Some(code);
+        }
+        let max_inflight = self.node.config.gateway.max_inflight_requests;
+        let mut inflight: FuturesUnordered<InflightSend> = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(done) = inflight.next(), if !inflight.is_empty() => self.finish_send(done),
+                incoming = stream.next(), if inflight.len() < max_inflight => {
+                    let message = match incoming {
+                        None => return None,
+                        Some(Ok(message)) => message,
+                        Some(Err(error)) => return close_for(&error),
+                    };
+                    self.touch();
+                    match message {
+                        Message::Text(text) => {
+                            metrics::counter!("switchboard_frames_in_total").increment(1);
+                            if let Some(code) = self.on_text(&text, &mut inflight).await {
+                                return Some(code);
+                            }
+                        }
+                        Message::Binary(_) => self.reply_error(
+                            None,
+                            ErrorCode::BadRequest,
+                            "binary frames are not part of switchboard.v1.json; send JSON text frames",
+                            None,
+                        ),
+                        Message::Close(_) => return None,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+            }
+            if self.outbox.is_closing() {
+                return None;
+            }
+        }
+    }
+
+    fn push(&self, frame: Utf8Bytes) {
+        // A reply that does not fit closes the connection as a slow consumer; the
+        // writer acts on that, nothing else to do here.
+        let _ = self.outbox.push(frame);
+    }
+
+    fn reply_error(&self, r#ref: Option<&str>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
+        metrics::counter!("switchboard_errors_sent_total", "code" => code.as_str()).increment(1);
+        let mut error = ErrorFrame::new(code, message).with_ref(r#ref);
+        if let Some(retry_after_ms) = retry_after_ms {
+            error = error.with_retry_after_ms(retry_after_ms);
+        }
+        self.push(frame(&error));
+    }
+
+    /// Whether this user may read and write `conv`.
+    fn check_member(&self, conv: &ConvId) -> Result<(), (ErrorCode, &'static str)> {
+        match conv.kind() {
+            ConvKind::Dm if conv.dm_peer(&self.identity.user).is_some() => Ok(()),
+            ConvKind::Dm => Err((ErrorCode::Forbidden, "you are not a member of this conversation")),
+            ConvKind::Group | ConvKind::Feed => Err((ErrorCode::NotFound, "no such conversation")),
+        }
+    }
+
+    async fn on_text(&self, text: &str, inflight: &mut FuturesUnordered<InflightSend>) -> Option<CloseCode> {
+        let request = match codec::decode_client(text, &self.node.decode_limits) {
+            Ok(request) => request,
+            Err(error) => {
+                self.reply_error(error.r#ref.as_deref(), error.code, &error.message, None);
+                return None;
+            }
+        };
+        if let Some(conv) = request.conv()
+            && let Err((code, message)) = self.check_member(conv)
+        {
+            self.reply_error(request.request_ref(), code, message, None);
+            return None;
+        }
+        match request {
+            ClientFrame::Send(send) => self.on_send(send, inflight).await,
+            ClientFrame::Receipt(receipt) => self.on_receipt(receipt).await,
+            ClientFrame::Sync(SyncFrame { r#ref, cursors }) => return self.resume(r#ref, cursors).await.err(),
+            ClientFrame::History(history) => self.on_history(history).await,
+            ClientFrame::Typing(typing) => self.on_typing(typing),
+            ClientFrame::Ping(ping) => self.push(frame(&Pong { r#ref: ping.r#ref })),
+            other => self.reply_error(
+                other.request_ref(),
+                ErrorCode::BadRequest,
+                &format!("`{}` is not supported by this server version", other.type_name()),
+                None,
+            ),
+        }
+        None
+    }
+
+    async fn on_send(&self, send: SendFrame, inflight: &mut FuturesUnordered<InflightSend>) {
+        let SendFrame { r#ref, conv, cmid, body } = send;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = SendRequest {
+            from: self.identity.user.clone(),
+            dev: self.identity.device.clone(),
+            conn_id: Some(self.conn_id),
+            cmid: Some(cmid),
+            body,
+            system: false,
+            reply: reply_tx,
+        };
+        if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Send(request)).await {
+            tracing::warn!(%conv, %error, "send not delivered to its conversation");
+            self.reply_error(
+                r#ref.as_deref(),
+                ErrorCode::Unavailable,
+                "conversation unavailable; retry with the same cmid",
+                Some(200),
+            );
+            return;
+        }
+        let timeout = self.node.config.gateway.request_timeout();
+        inflight.push(Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, reply_rx).await {
+                Ok(Ok(result)) => result,
+                // The actor stopped before answering, or the store is too slow: the send
+                // may or may not be stored; the client retries with the same cmid.
+                Ok(Err(_)) | Err(_) => Err(SendError::Unavailable),
+            };
+            (r#ref, conv, result)
+        }));
+    }
+
+    fn finish_send(&self, (r#ref, conv, result): SendResult) {
+        match result {
+            Ok(Accepted { seq, mid, ts, dup }) => self.push(frame(&Ack { r#ref, conv, seq, mid, ts, dup })),
+            Err(error @ SendError::Unavailable) => {
+                self.reply_error(r#ref.as_deref(), ErrorCode::Unavailable, &error.to_string(), Some(200));
+            }
+            Err(error @ SendError::Overloaded) => {
+                self.reply_error(r#ref.as_deref(), ErrorCode::Overloaded, &error.to_string(), Some(1000));
+            }
+        }
+    }
+
+    async fn on_receipt(&self, receipt: ReceiptFrame) {
+        let ReceiptFrame { conv, seq, kind } = receipt;
+        let message = UserMsg::Receipt { device: self.identity.device.clone(), conn_id: self.conn_id, conv, seq, kind };
+        if let Err(error) = self.node.directory.user(&self.node, &self.identity.user, message).await {
+            tracing::warn!(%error, "receipt not delivered to the user actor");
+        }
+    }
+
+    async fn on_history(&self, history: HistoryFrame) {
+        let limit = history.limit_or_default() as usize;
+        let HistoryFrame { r#ref, conv, before, .. } = history;
+        match self.node.store.read_before(&conv, before, limit).await {
+            Ok(messages) => {
+                let frames: Vec<_> = messages.into_iter().map(|message| message.frame).collect();
+                let encoded = codec::encode_history(r#ref.as_deref(), &conv, &frames);
+                match Utf8Bytes::try_from(encoded) {
+                    Ok(page) => {
+                        let _ = self.outbox.push_wait(page, self.node.config.gateway.request_timeout()).await;
+                    }
+                    Err(_) => self.reply_error(r#ref.as_deref(), ErrorCode::Internal, "history encoding failed", None),
+                }
+            }
+            Err(error) => self.store_error(r#ref.as_deref(), &error),
+        }
+    }
+
+    fn on_typing(&self, typing: TypingFrame) {
+        let TypingFrame { conv, state } = typing;
+        let Some(peer) = conv.dm_peer(&self.identity.user) else {
+            return;
+        };
+        let event = frame(&TypingEvent { conv, user: self.identity.user.clone(), state });
+        for session in self.node.sessions.devices(&peer) {
+            if session.conn_id != self.conn_id {
+                let _ = session.outbox.push_ephemeral(event.clone());
+            }
+        }
+    }
+
+    fn store_error(&self, r#ref: Option<&str>, error: &StoreError) {
+        tracing::warn!(%error, "store request failed");
+        self.reply_error(r#ref, ErrorCode::Unavailable, "storage unavailable; retry later", Some(500));
+    }
+
+    /// Replays everything after the device's cursors (or the given ones), then `synced`.
+    /// Live messages are held meanwhile and follow without duplicates.
+    async fn resume(&self, r#ref: Option<String>, cursors: Option<BTreeMap<ConvId, u64>>) -> Result<(), CloseCode> {
+        self.outbox.hold();
+        let mut replayed = HashMap::new();
+        let outcome = self.replay(cursors, &mut replayed).await;
+        self.outbox.release(&replayed);
+        match outcome {
+            Ok(heads) => {
+                self.push(frame(&Synced { r#ref, convs: heads }));
+                metrics::counter!("switchboard_resumes_total").increment(1);
+                Ok(())
+            }
+            Err(Replay::Store(error)) => {
+                self.store_error(r#ref.as_deref(), &error);
+                Ok(())
+            }
+            Err(Replay::Closing) => Err(CloseCode::SlowConsumer),
+        }
+    }
+
+    async fn replay(
+        &self,
+        cursors: Option<BTreeMap<ConvId, u64>>,
+        replayed: &mut HashMap<ConvId, u64>,
+    ) -> Result<BTreeMap<ConvId, u64>, Replay> {
+        let store = &self.node.store;
+        let user = &self.identity.user;
+        let mut positions = store.device_cursors(user, &self.identity.device).await?;
+        let mut convs: BTreeSet<ConvId> = store.user_convs(user).await?.into_iter().collect();
+        for (conv, seq) in cursors.unwrap_or_default() {
+            if self.check_member(&conv).is_ok() {
+                positions.insert(conv.clone(), seq);
+                convs.insert(conv);
+            }
+        }
+        let page = self.node.config.store_options.resume_page;
+        let wait = self.node.config.gateway.request_timeout();
+        let mut heads = BTreeMap::new();
+        for conv in convs {
+            let last_seq = store.load_conv(&conv).await?.map_or(0, |meta| meta.last_seq);
+            let mut position = positions.get(&conv).copied().unwrap_or(0);
+            while position < last_seq {
+                let messages = store.read_after(&conv, position, page).await?;
+                if messages.is_empty() {
+                    break;
+                }
+                for message in messages {
+                    position = message.seq;
+                    let Ok(frame) = Utf8Bytes::try_from(message.frame) else {
+                        tracing::error!(%conv, seq = message.seq, "stored frame is not UTF-8; skipped");
+                        continue;
+                    };
+                    if self.outbox.push_wait(frame, wait).await != Push::Queued {
+                        return Err(Replay::Closing);
+                    }
+                    metrics::counter!("switchboard_replayed_total").increment(1);
+                }
+            }
+            replayed.insert(conv.clone(), position);
+            heads.insert(conv, last_seq);
+        }
+        Ok(heads)
+    }
+}
+
+enum Replay {
+    Store(StoreError),
+    Closing,
+}
+
+impl From<StoreError> for Replay {
+    fn from(error: StoreError) -> Self {
+        Replay::Store(error)
+    }
+}
+
+/// The close code for a read error, if one should be sent.
+fn close_for(error: &tungstenite::Error) -> Option<CloseCode> {
+    match error {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::TooLarge),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::Policy),
+        tungstenite::Error::Protocol(_) => Some(CloseCode::Policy),
+        _ => None,
+    }
+}

@@ -1,0 +1,378 @@
+//! The bounded per-connection outbox.
+//!
+//! Everything a connection will write goes through its outbox: replies, live messages,
+//! receipts, presence, typing. Producers (actors, other connections' fanout) push without
+//! ever waiting; the connection's writer drains everything queued into one socket write
+//! (frame coalescing: several frames, one flush, usually one syscall).
+//!
+//! The queue is bounded in frames and bytes. The degradation order of DESIGN section 4:
+//! ephemeral frames (typing, presence) are dropped first, once the queue is half full;
+//! a reliable frame that does not fit marks the connection a slow consumer: it is closed
+//! with 4001 and the client resumes from its cursor, so nothing is dropped silently.
+//!
+//! While a device resumes, live messages are *held* (the gate): the replay of stored
+//! messages goes first, then the held frames follow, minus those the replay already
+//! carried. That keeps each conversation in seq order on the wire.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use switchboard_proto::close::CloseCode;
+use switchboard_proto::ids::ConvId;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued (or held behind a resume) for writing.
+    Queued,
+    /// Did not fit: the connection is now closing with 4001 (slow consumer).
+    Overflow,
+    /// Ephemeral frame dropped under pressure (typing, presence).
+    Shed,
+    /// The connection is closing; the frame was not queued.
+    Closed,
+}
+
+/// What the writer should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Frames were moved into the batch: write them.
+    Frames,
+    /// Everything that will be written has been: close with this code.
+    Close(CloseCode),
+}
+
+#[derive(Debug)]
+struct Held {
+    conv: ConvId,
+    seq: u64,
+    frame: Utf8Bytes,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    close: Option<CloseCode>,
+    /// `Some` while the device resumes: live messages wait here.
+    held: Option<Vec<Held>>,
+    held_bytes: usize,
+}
+
+/// A bounded queue of encoded frames for one connection. Shared as `Arc<Outbox>`.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer: frames queued or close requested.
+    wake: Notify,
+    /// Wakes producers waiting for room ([`Outbox::push_wait`]).
+    room: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self { state: Mutex::new(State::default()), wake: Notify::new(), room: Notify::new(), max_frames, max_bytes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // critical section is a few field updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fits(&self, state: &State, len: usize) -> bool {
+        state.queue.len() + state.held.as_ref().map_or(0, Vec::len) < self.max_frames
+            && state.bytes + state.held_bytes + len <= self.max_bytes
+    }
+
+    /// Queues a reliable frame (a reply, a receipt, a message). Never waits: if it does
+    /// not fit, the connection becomes a slow consumer and closes with 4001.
+    pub fn push(&self, frame: Utf8Bytes) -> Push {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        if !self.fits(&state, frame.len()) {
+            return self.overflow(state);
+        }
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// Queues a live `msg` frame of `conv` with `seq`: held while the device resumes,
+    /// queued otherwise.
+    pub fn push_message(&self, conv: &ConvId, seq: u64, frame: Utf8Bytes) -> Push {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        if !self.fits(&state, frame.len()) {
+            return self.overflow(state);
+        }
+        if state.held.is_some() {
+            state.held_bytes += frame.len();
+            if let Some(held) = state.held.as_mut() {
+                held.push(Held { conv: conv.clone(), seq, frame });
+            }
+            return Push::Queued;
+        }
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// Queues an ephemeral frame (typing, presence) unless the queue is half full, in
+    /// which case it is shed: these are the first to go under pressure.
+    pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Push {
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        if state.queue.len() * 2 >= self.max_frames || (state.bytes + frame.len()) * 2 > self.max_bytes {
+            metrics::counter!("switchboard_outbox_shed_total").increment(1);
+            return Push::Shed;
+        }
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// Queues a frame, waiting up to `timeout` for room instead of overflowing. For the
+    /// replay of stored messages, which the connection itself paces.
+    pub async fn push_wait(&self, frame: Utf8Bytes, timeout: Duration) -> Push {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.close.is_some() {
+                    return Push::Closed;
+                }
+                if self.fits(&state, frame.len()) {
+                    state.bytes += frame.len();
+                    state.queue.push_back(frame);
+                    drop(state);
+                    self.wake.notify_one();
+                    return Push::Queued;
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return self.overflow(self.lock());
+            }
+        }
+    }
+
+    fn overflow(&self, mut state: std::sync::MutexGuard<'_, State>) -> Push {
+        state.close = Some(CloseCode::SlowConsumer);
+        // The client resumes from its cursor: what is queued need not be written.
+        state.queue.clear();
+        state.bytes = 0;
+        state.held = None;
+        state.held_bytes = 0;
+        drop(state);
+        metrics::counter!("switchboard_outbox_overflow_total").increment(1);
+        self.wake.notify_one();
+        self.room.notify_waiters();
+        Push::Overflow
+    }
+
+    /// Starts holding live messages (a resume begins).
+    pub fn hold(&self) {
+        let mut state = self.lock();
+        if state.held.is_none() {
+            state.held = Some(Vec::new());
+        }
+    }
+
+    /// Ends a resume: queues the held live messages, except those whose seq the replay
+    /// already covered (`replayed`: conv -> highest seq written by the replay).
+    pub fn release(&self, replayed: &HashMap<ConvId, u64>) -> Push {
+        let mut state = self.lock();
+        let Some(held) = state.held.take() else {
+            return Push::Queued;
+        };
+        state.held_bytes = 0;
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        for Held { conv, seq, frame } in held {
+            if replayed.get(&conv).is_some_and(|&high| seq <= high) {
+                continue;
+            }
+            state.bytes += frame.len();
+            state.queue.push_back(frame);
+        }
+        drop(state);
+        self.wake.notify_one();
+        Push::Queued
+    }
+
+    /// Asks the writer to close with `code` once what is queued has been written
+    /// (a slow-consumer close drops the queue instead). The first close wins.
+    pub fn close(&self, code: CloseCode) {
+        let mut state = self.lock();
+        if state.close.is_none() {
+            state.close = Some(code);
+        }
+        drop(state);
+        self.wake.notify_one();
+        self.room.notify_waiters();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Frames queued now.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// For the writer: waits until there is something to do, then moves every queued
+    /// frame (at most `max_batch`) into `batch`.
+    pub async fn next(&self, batch: &mut Vec<Utf8Bytes>, max_batch: usize) -> Next {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.queue.is_empty() {
+                    let take = state.queue.len().min(max_batch);
+                    let queued = &mut *state;
+                    for frame in queued.queue.drain(..take) {
+                        queued.bytes -= frame.len();
+                        batch.push(frame);
+                    }
+                    drop(state);
+                    self.room.notify_waiters();
+                    return Next::Frames;
+                }
+                if let Some(code) = state.close {
+                    return Next::Close(code);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Utf8Bytes {
+        Utf8Bytes::from(text.to_owned())
+    }
+
+    #[tokio::test]
+    async fn frames_are_coalesced_in_order() {
+        let outbox = Outbox::new(16, 1024);
+        for i in 0..5 {
+            assert_eq!(outbox.push(frame(&i.to_string())), Push::Queued);
+        }
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 64).await, Next::Frames);
+        assert_eq!(batch, (0..5).map(|i| frame(&i.to_string())).collect::<Vec<_>>());
+        assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn overflow_closes_with_slow_consumer() {
+        let outbox = Outbox::new(3, 1024);
+        for _ in 0..3 {
+            assert_eq!(outbox.push(frame("x")), Push::Queued);
+        }
+        assert_eq!(outbox.push(frame("x")), Push::Overflow);
+        assert_eq!(outbox.push(frame("x")), Push::Closed);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 64).await, Next::Close(CloseCode::SlowConsumer));
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn byte_limit_counts_too() {
+        let outbox = Outbox::new(100, 10);
+        assert_eq!(outbox.push(frame("12345")), Push::Queued);
+        assert_eq!(outbox.push(frame("123456")), Push::Overflow);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_frames_are_shed_first() {
+        let outbox = Outbox::new(4, 1024);
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Queued);
+        assert_eq!(outbox.push(frame("m")), Push::Queued);
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
+        assert_eq!(outbox.push(frame("m")), Push::Queued);
+        assert!(!outbox.is_closing());
+    }
+
+    #[tokio::test]
+    async fn graceful_close_writes_queued_frames_first() {
+        let outbox = Outbox::new(16, 1024);
+        outbox.push(frame("a"));
+        outbox.close(CloseCode::GoingAway);
+        assert_eq!(outbox.push(frame("b")), Push::Closed);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 64).await, Next::Frames);
+        assert_eq!(batch, vec![frame("a")]);
+        assert_eq!(outbox.next(&mut batch, 64).await, Next::Close(CloseCode::GoingAway));
+    }
+
+    #[tokio::test]
+    async fn held_messages_follow_the_replay_without_duplicates() {
+        let outbox = Outbox::new(16, 1024);
+        let conv = ConvId::new("dm:a:b").unwrap();
+        let other = ConvId::new("dm:a:c").unwrap();
+        outbox.hold();
+        outbox.push_message(&conv, 3, frame("live3"));
+        outbox.push_message(&conv, 4, frame("live4"));
+        outbox.push_message(&other, 1, frame("other1"));
+        outbox.push(frame("replay3"));
+        let replayed = HashMap::from([(conv.clone(), 3)]);
+        outbox.release(&replayed);
+        let mut batch = Vec::new();
+        outbox.next(&mut batch, 64).await;
+        assert_eq!(batch, vec![frame("replay3"), frame("live4"), frame("other1")]);
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_room() {
+        let outbox = std::sync::Arc::new(Outbox::new(1, 1024));
+        outbox.push(frame("a"));
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.push_wait(frame("b"), Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        let mut batch = Vec::new();
+        outbox.next(&mut batch, 64).await;
+        assert_eq!(waiter.await.unwrap(), Push::Queued);
+        batch.clear();
+        outbox.next(&mut batch, 64).await;
+        assert_eq!(batch, vec![frame("b")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn push_wait_overflows_after_its_timeout() {
+        let outbox = Outbox::new(1, 1024);
+        outbox.push(frame("a"));
+        assert_eq!(outbox.push_wait(frame("b"), Duration::from_millis(100)).await, Push::Overflow);
+        assert!(outbox.is_closing());
+    }
+}

@@ -1,0 +1,87 @@
+//! The node: everything one switchboard process shares between its tasks and actors.
+//!
+//! A [`Node`] is built once at start and handed around as `Arc<Node>`. It owns the
+//! store, the session registry, the actor tree's directory, the authenticator and the
+//! shutdown token. Nothing in it is a global: tests may run several nodes in a process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use switchboard_cluster::Bus;
+use switchboard_proto::codec::DecodeLimits;
+use switchboard_proto::limits::Limits;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actors::Directory;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::sessions::Sessions;
+use crate::store::MessageStore;
+
+/// Shared state of one server process.
+#[derive(Debug)]
+pub struct Node {
+    pub config: Config,
+    pub node_id: String,
+    pub store: Arc<dyn MessageStore>,
+    pub bus: Arc<dyn Bus>,
+    pub sessions: Sessions,
+    pub auth: Authenticator,
+    pub directory: Directory,
+    pub decode_limits: DecodeLimits,
+    /// Renders `/metrics`; `None` if another node in this process installed the recorder.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tasks that must finish before the store is closed (connections, writes).
+    pub tasks: TaskTracker,
+    next_conn_id: AtomicU64,
+}
+
+impl Node {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn MessageStore>,
+        bus: Arc<dyn Bus>,
+        auth: Authenticator,
+        directory: Directory,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> Self {
+        let decode_limits = DecodeLimits {
+            max_frame_bytes: config.gateway.max_frame_bytes,
+            max_body_bytes: config.gateway.max_body_bytes,
+            ..DecodeLimits::default()
+        };
+        Self {
+            node_id: config.node_id(),
+            config,
+            store,
+            bus,
+            sessions: Sessions::new(),
+            auth,
+            directory,
+            decode_limits,
+            metrics,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_conn_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A connection id unique within this process.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The limits announced in `hello`.
+    pub fn limits(&self) -> Limits {
+        self.decode_limits.to_wire()
+    }
+}
+
+/// Milliseconds since the Unix epoch (message and receipt timestamps).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

@@ -1,0 +1,16 @@
+//! The integration suite: one test binary, real server processes, real sockets.
+//!
+//! Every test starts its own `switchboard` process on a loopback port with its own data
+//! directory (see `support::server`) and talks to it over WebSocket and HTTP.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod auth;
+mod durability;
+mod errors;
+mod messaging;
+mod shutdown;
+mod store;

@@ -1,0 +1,158 @@
+//! A real `switchboard` process on a loopback port, with its own data directory.
+//!
+//! The process is started from the binary cargo built for this test run; the harness
+//! reads the `switchboard listening on ADDR` line it prints. Dropping the handle kills
+//! the process; the data directory lives as long as the handle (so a test can kill -9
+//! and restart on the same data).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::token::SECRET;
+
+/// How a test server is started.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    pub(crate) dev: bool,
+    /// Extra TOML appended to the config file.
+    pub(crate) config: String,
+    /// Extra command-line flags.
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TestServer {
+    child: Option<Child>,
+    pub(crate) addr: SocketAddr,
+    dir: tempfile::TempDir,
+    options: Options,
+    port: u16,
+}
+
+impl TestServer {
+    pub(crate) fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub(crate) fn start_dev() -> Self {
+        Self::start_with(Options { dev: true, ..Options::default() })
+    }
+
+    pub(crate) fn start_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = TestServer { child: None, addr: ([127, 0, 0, 1], 0).into(), dir, options, port: 0 };
+        server.spawn();
+        server
+    }
+
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn spawn(&mut self) {
+        let config_path = self.dir.path().join("switchboard.toml");
+        // Test defaults (short timeouts), under whatever the test configures.
+        let mut config: toml::Table = toml::from_str(&self.options.config).expect("test config is TOML");
+        for (table, key, value) in [("gateway", "handshake_timeout_ms", 2000), ("shutdown", "grace_ms", 3000)] {
+            let section = config.entry(table).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.entry(key).or_insert(toml::Value::Integer(value));
+            }
+        }
+        std::fs::write(&config_path, toml::to_string(&config).expect("config")).expect("write config");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.options.args)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_LOG", "info,switchboard=debug")
+            .env_remove("SWITCHBOARD_DEV")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if self.options.dev {
+            command.arg("--dev");
+        }
+        let mut child = command.spawn().expect("spawn switchboard");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("switchboard listening on ") {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().expect("listen addr"));
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                self.addr = addr;
+                self.port = addr.port();
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The server's log so far (stderr).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; returns the status and how long
+    /// it took.
+    pub(crate) fn terminate(&mut self, timeout: Duration) -> (Option<ExitStatus>, Duration) {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill -TERM");
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (Some(status), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (None, started.elapsed())
+    }
+
+    /// Starts the process again on the same port and data directory.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}", self.log());
+        }
+    }
+}
