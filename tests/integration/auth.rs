@@ -93,3 +93,12 @@ async fn dev_mode_accepts_query_identities_and_probes_answer() {
     assert!(body.contains("switchboard_connections"), "{body}");
     assert!(server.log().contains("DEVELOPMENT MODE"), "dev mode must warn loudly");
 }
+
+#[tokio::test]
+async fn the_example_config_in_deploy_starts_a_node() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/switchboard.example.toml");
+    let server = TestServer::start_with(Options { base_config: Some(example.into()), ..Options::default() });
+    let mut client = TestClient::connect(server.addr, "alice", "phone").await;
+    assert_eq!(client.hello["limits"]["max_frame_bytes"], 65536);
+    client.until_synced().await;
+}

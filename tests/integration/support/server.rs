@@ -17,8 +17,10 @@ use super::token::SECRET;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Options {
     pub(crate) dev: bool,
-    /// Extra TOML appended to the config file.
+    /// Extra TOML for the config file.
     pub(crate) config: String,
+    /// A config file to start from (the test's `config` is merged over it).
+    pub(crate) base_config: Option<PathBuf>,
     /// Extra command-line flags.
     pub(crate) args: Vec<String>,
 }
@@ -59,7 +61,17 @@ impl TestServer {
     fn spawn(&mut self) {
         let config_path = self.dir.path().join("switchboard.toml");
         // Test defaults (short timeouts), under whatever the test configures.
-        let mut config: toml::Table = toml::from_str(&self.options.config).expect("test config is TOML");
+        let base = self.options.base_config.as_ref().map(|path| std::fs::read_to_string(path).expect("base config"));
+        let mut config: toml::Table = toml::from_str(base.as_deref().unwrap_or("")).expect("base config is TOML");
+        let extra: toml::Table = toml::from_str(&self.options.config).expect("test config is TOML");
+        for (key, value) in extra {
+            match (config.get_mut(&key), value) {
+                (Some(toml::Value::Table(section)), toml::Value::Table(extra)) => section.extend(extra),
+                (_, value) => {
+                    config.insert(key, value);
+                }
+            }
+        }
         for (table, key, value) in [("gateway", "handshake_timeout_ms", 2000), ("shutdown", "grace_ms", 3000)] {
             let section = config.entry(table).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let toml::Value::Table(section) = section {
