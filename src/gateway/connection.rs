@@ -246,7 +246,9 @@ impl Connection {
 
     /// Reads until the peer goes away; returns the close code to send, if any.
     async fn read_loop(&self, mut stream: SplitStream<Socket>) -> Option<CloseCode> {
-        if let Err(code) = self.resume(None, None).await {
+        // Boxed: a resume's state is large and short-lived; inline it would sit in every
+        // idle connection's task for the connection's whole life.
+        if let Err(code) = Box::pin(self.resume(None, None)).await {
             return Some(code);
         }
         let max_inflight = self.node.config.gateway.max_inflight_requests;
@@ -264,7 +266,8 @@ impl Connection {
                     match message {
                         Message::Text(text) => {
                             metrics::counter!("switchboard_frames_in_total").increment(1);
-                            if let Some(code) = self.on_text(&text, &mut inflight).await {
+                            // Boxed for the same reason: the request futures are large.
+                            if let Some(code) = Box::pin(self.on_text(&text, &mut inflight)).await {
                                 return Some(code);
                             }
                         }
@@ -479,6 +482,9 @@ impl Connection {
                 }
                 for message in messages {
                     position = message.seq;
+                    if sent_by(&message.frame, &self.identity) {
+                        continue;
+                    }
                     let Ok(frame) = Utf8Bytes::try_from(message.frame) else {
                         tracing::error!(%conv, seq = message.seq, "stored frame is not UTF-8; skipped");
                         continue;
@@ -505,6 +511,23 @@ impl From<StoreError> for Replay {
     fn from(error: StoreError) -> Self {
         Replay::Store(error)
     }
+}
+
+/// Whether a stored `msg` frame was sent by this very device. Resume does not send a
+/// device its own messages: it has them (it sent them, and got the ack or gets it by
+/// retrying the `cmid`), and it never receives them live either, so without this its
+/// own sends would come back on every reconnect until another device's receipt moved
+/// its cursor past them.
+fn sent_by(frame: &[u8], identity: &Identity) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Origin<'a> {
+        #[serde(borrow)]
+        from: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        dev: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Origin<'_>>(frame)
+        .is_ok_and(|origin| origin.from == identity.user.as_str() && origin.dev == identity.device.as_str())
 }
 
 /// The close code for a read error, if one should be sent.

@@ -95,6 +95,12 @@ async fn an_offline_recipient_gets_everything_in_order_on_reconnect() {
     }
     let (mut bob, replayed) = TestClient::connect_synced(server.addr, "bob", "phone").await;
     assert_eq!(seqs(&replayed, DM), (1..=120).collect::<Vec<_>>(), "replay must be complete and ordered");
+    // The sending device is not sent its own messages back; the sender's other devices are.
+    alice.close().await;
+    let (mut alice, replayed) = TestClient::connect_synced(server.addr, "alice", "phone").await;
+    assert_eq!(seqs(&replayed, DM), Vec::<u64>::new());
+    let (_alice_tablet, replayed) = TestClient::connect_synced(server.addr, "alice", "tablet").await;
+    assert_eq!(seqs(&replayed, DM), (1..=120).collect::<Vec<_>>());
     let synced = replayed.last().unwrap();
     assert_eq!(synced["convs"][DM], 120);
     assert!(synced.get("ref").is_none() || synced["ref"].is_null());
@@ -214,15 +220,25 @@ async fn a_new_connection_of_the_same_device_replaces_the_old_one() {
 async fn explicit_sync_replays_after_the_given_cursors() {
     let server = TestServer::start();
     let (mut alice, _) = TestClient::connect_synced(server.addr, "alice", "phone").await;
+    let (mut bob, _) = TestClient::connect_synced(server.addr, "bob", "phone").await;
     for i in 1..=5 {
         alice.send_msg(DM, &format!("c{i}"), json!(i)).await;
     }
-    alice.send_json(json!({"type": "sync", "ref": "s1", "cursors": {DM: 2}})).await;
-    let frames = alice.until_synced().await;
+    for seq in 1..=5 {
+        assert_eq!(bob.recv_type("msg").await["seq"], seq);
+    }
+    bob.send_json(json!({"type": "sync", "ref": "s1", "cursors": {DM: 2}})).await;
+    let frames = bob.until_synced().await;
     assert_eq!(seqs(&frames, DM), vec![3, 4, 5]);
     let synced = frames.last().unwrap();
     assert_eq!(synced["ref"], "s1");
     assert_eq!(synced["convs"][DM], 5);
+    // Without cursors the stored ones apply: nothing acknowledged yet, so all of it.
+    bob.send_json(json!({"type": "sync", "ref": "s2"})).await;
+    assert_eq!(seqs(&bob.until_synced().await, DM), vec![1, 2, 3, 4, 5]);
+    // The sender's own device gets nothing back.
+    alice.send_json(json!({"type": "sync", "ref": "s3"})).await;
+    assert_eq!(seqs(&alice.until_synced().await, DM), Vec::<u64>::new());
 }
 
 async fn history(client: &mut TestClient, before: Option<u64>, limit: u64) -> Vec<Value> {

@@ -70,6 +70,8 @@ pub(crate) const CASES: &[(&str, Case)] = &[
     }),
     ("set_members_roundtrip", |store| Box::pin(set_members_roundtrip(store))),
     ("health_and_flush", |store| Box::pin(health_and_flush(store))),
+    ("paging_at_every_offset", |store| Box::pin(paging_at_every_offset(store))),
+    ("concurrent_identical_reads_agree", |store| Box::pin(concurrent_identical_reads_agree(store))),
 ];
 
 /// Generates one `#[tokio::test]` per case, each with a store from `$factory`
@@ -93,6 +95,8 @@ macro_rules! store_conformance_tests {
             concurrent_cursor_advances_keep_the_maximum,
             set_members_roundtrip,
             health_and_flush,
+            paging_at_every_offset,
+            concurrent_identical_reads_agree,
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {
@@ -495,4 +499,70 @@ pub(crate) async fn health_and_flush(store: Arc<dyn MessageStore>) {
     store.flush().await.expect("flush");
     store.flush().await.expect("flush twice");
     store.health().await.expect("health after flush");
+}
+
+/// Every page start and size over a short log: a store that splits the log into
+/// partitions (the CQL store's buckets) must page across every boundary of any size up
+/// to the log's length without losing or repeating a message.
+pub(crate) async fn paging_at_every_offset(store: Arc<dyn MessageStore>) {
+    const TOTAL: u64 = 40;
+    let alice = user("alice");
+    let conv = group();
+    // Batches of 7 straddle boundaries of most sizes.
+    for first in (1..=TOTAL).step_by(7) {
+        store.append(batch(&conv, &alice, first, (first + 6).min(TOTAL))).await.expect("append");
+    }
+    for limit in [1usize, 3, 8, 17] {
+        for after in 0..=TOTAL {
+            let page = store.read_after(&conv, after, limit).await.expect("read_after");
+            let expected: Vec<u64> = (after + 1..=TOTAL).take(limit).collect();
+            assert_eq!(seqs(&page), expected, "read_after({after}, {limit})");
+            assert_frames(&conv, &page);
+        }
+        for before in 1..=TOTAL + 1 {
+            let page = store.read_before(&conv, Some(before), limit).await.expect("read_before");
+            let expected: Vec<u64> = (1..before).rev().take(limit).collect();
+            assert_eq!(seqs(&page), expected, "read_before({before}, {limit})");
+            assert_frames(&conv, &page);
+        }
+    }
+}
+
+/// Many identical reads at once (a reconnect storm) all get the full answer, and a read
+/// that starts after an append returns sees it (a store that coalesces reads must not
+/// hand out an answer older than a write that has returned).
+pub(crate) async fn concurrent_identical_reads_agree(store: Arc<dyn MessageStore>) {
+    let alice = user("alice");
+    let phone = device("phone");
+    let conv = group();
+    store.append(batch(&conv, &alice, 1, 30)).await.expect("append");
+    store.index_user_conv(std::slice::from_ref(&alice), &conv).await.expect("index");
+    store.advance_cursor(&alice, &phone, &conv, 12).await.expect("advance");
+    for round in 0..3u64 {
+        let last = 30 + round;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (store, conv, alice, phone) = (Arc::clone(&store), conv.clone(), alice.clone(), phone.clone());
+            tasks.spawn(async move {
+                let after = store.read_after(&conv, 0, 100).await.expect("read_after");
+                let before = store.read_before(&conv, None, 100).await.expect("read_before");
+                let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta");
+                let convs = store.user_convs(&alice).await.expect("user_convs");
+                let cursors = store.device_cursors(&alice, &phone).await.expect("device_cursors");
+                (seqs(&after), seqs(&before), meta.last_seq, convs, cursors)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (after, before, last_seq, convs, cursors) = joined.expect("reader");
+            assert_eq!(after, (1..=last).collect::<Vec<_>>());
+            assert_eq!(before, (1..=last).rev().collect::<Vec<_>>());
+            assert_eq!(last_seq, last);
+            assert_eq!(convs, vec![conv.clone()]);
+            assert_eq!(cursors.get(&conv), Some(&(12 + round)));
+        }
+        // Writes, then reads that start after the writes returned must see them.
+        store.append(batch(&conv, &alice, last + 1, last + 1)).await.expect("append");
+        store.advance_cursor(&alice, &phone, &conv, 13 + round).await.expect("advance");
+        assert_eq!(seqs(&store.read_after(&conv, last, 10).await.expect("read_after")), vec![last + 1]);
+    }
 }

@@ -1,0 +1,163 @@
+//! A tiny stand-in for the switchboard server, for tests only: enough of wire contract
+//! v1 (hello, synced, send -> ack + msg to the other dm member, receipts counted) to
+//! exercise the load generator end to end without the real server.
+//!
+//! It can drop a seq now and then (`skip_every`) so tests can check gap detection, and
+//! it checks tokens with the shared secret when one is configured.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+
+use crate::auth::Claims;
+
+/// How the mock behaves.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MockOptions {
+    /// Check `Authorization: Bearer` tokens with this secret (else dev mode only).
+    pub(crate) secret: Option<String>,
+    /// Skip one seq after every this many messages of a conversation.
+    pub(crate) skip_every: Option<u64>,
+}
+
+/// What the mock counted.
+#[derive(Debug, Default)]
+pub(crate) struct MockCounts {
+    pub(crate) connections: AtomicU64,
+    pub(crate) receipts: AtomicU64,
+    pub(crate) sends: AtomicU64,
+}
+
+/// A running mock server.
+#[derive(Debug)]
+pub(crate) struct MockServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) counts: Arc<MockCounts>,
+}
+
+impl MockServer {
+    /// The WebSocket URL of the mock.
+    pub(crate) fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    online: HashMap<String, mpsc::UnboundedSender<String>>,
+    seqs: HashMap<String, u64>,
+}
+
+/// Starts a mock server on `127.0.0.1:port` (0 for any free port).
+pub(crate) async fn spawn(options: MockOptions, port: u16) -> std::io::Result<MockServer> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let counts = Arc::new(MockCounts::default());
+    let state = Arc::new(Mutex::new(State::default()));
+    let options = Arc::new(options);
+    let task_counts = Arc::clone(&counts);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, Arc::clone(&options), Arc::clone(&state), Arc::clone(&task_counts)));
+        }
+    });
+    Ok(MockServer { addr, counts })
+}
+
+fn identify(request: &Request, options: &MockOptions) -> Option<String> {
+    if let Some(secret) = &options.secret {
+        let header = request.headers().get("authorization")?.to_str().ok()?;
+        let token = header.strip_prefix("Bearer ")?;
+        let key = DecodingKey::from_secret(secret.as_bytes());
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &Validation::new(Algorithm::HS256)).ok()?;
+        return Some(data.claims.sub);
+    }
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| pair.strip_prefix("user=")).map(str::to_owned)
+}
+
+#[expect(clippy::result_large_err, reason = "the handshake callback's signature is tungstenite's")]
+async fn serve(stream: TcpStream, options: Arc<MockOptions>, state: Arc<Mutex<State>>, counts: Arc<MockCounts>) {
+    let _ = stream.set_nodelay(true);
+    let mut user = None;
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        user = identify(request, &options);
+        if user.is_none() {
+            let mut refused = ErrorResponse::new(None);
+            *refused.status_mut() = StatusCode::UNAUTHORIZED;
+            return Err(refused);
+        }
+        Ok(response)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let Some(user) = user else { return };
+    counts.connections.fetch_add(1, Ordering::Relaxed);
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(Message::text(frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let hello = json!({"type":"hello","user":user,"device":"d","node":"mock","server":"mock","limits":{}});
+    let _ = out_tx.send(hello.to_string());
+    let _ = out_tx.send(json!({"type":"synced","convs":{}}).to_string());
+    if let Ok(mut state) = state.lock() {
+        state.online.insert(user.clone(), out_tx.clone());
+    }
+
+    while let Some(Ok(message)) = stream.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+            continue;
+        };
+        match frame["type"].as_str() {
+            Some("send") => {
+                counts.sends.fetch_add(1, Ordering::Relaxed);
+                let conv = frame["conv"].as_str().unwrap_or_default().to_owned();
+                let Ok(mut state) = state.lock() else { break };
+                let seq = state.seqs.entry(conv.clone()).or_insert(0);
+                *seq += 1;
+                if options.skip_every.is_some_and(|k| *seq % (k + 1) == 0) {
+                    *seq += 1;
+                }
+                let seq = *seq;
+                let ack = json!({"type":"ack","ref":frame["ref"],"conv":conv,"seq":seq,"mid":"m","ts":0,"dup":false});
+                let _ = out_tx.send(ack.to_string());
+                let other = conv
+                    .strip_prefix("dm:")
+                    .and_then(|members| members.split_once(':'))
+                    .map(|(a, b)| if a == user { b } else { a });
+                if let Some(recipient) = other.and_then(|other| state.online.get(other)) {
+                    let msg = json!({"type":"msg","conv":conv,"seq":seq,"mid":"m","from":user,"dev":"d",
+                                     "ts":0,"body":frame["body"]});
+                    let _ = recipient.send(msg.to_string());
+                }
+            }
+            Some("receipt") => {
+                counts.receipts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    if let Ok(mut state) = state.lock() {
+        state.online.remove(&user);
+    }
+    writer.abort();
+}

@@ -1,0 +1,158 @@
+//! Who does what: how a run's connections are sliced over worker processes, and the
+//! user, conversation and role of each connection.
+//!
+//! Connections are numbered globally `0..N`; connection `g` is user `{prefix}{g}`. The
+//! idle scenario slices connections; the chat scenario slices *pairs*, so both members
+//! of a pair live in the same worker: pair `p` is sender `2p` and receiver `2p + 1`,
+//! talking in `dm:<a>:<b>` (the two user ids in byte order).
+
+use std::ops::Range;
+
+use crate::cli::{ScenarioCommand, ScenarioKind};
+
+/// The part of a run one worker process handles.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WorkerPlan {
+    /// Index of this worker, `0..processes`.
+    pub(crate) index: u64,
+    /// Global connection numbers this worker opens.
+    pub(crate) connections: Range<u64>,
+    /// Connects per second for this worker (its share of `--rate`).
+    pub(crate) rate: f64,
+}
+
+impl WorkerPlan {
+    /// The slice of worker `index` for this command line.
+    pub(crate) fn new(scenario: &ScenarioCommand, index: u64) -> Self {
+        let common = scenario.common();
+        let processes = common.process_count();
+        let connections = match scenario.chat() {
+            None => slice(common.connections, processes, index),
+            Some(chat) => {
+                let pairs = slice(chat.pairs(), processes, index);
+                pairs.start * 2..pairs.end * 2
+            }
+        };
+        let total = match scenario.chat() {
+            None => common.connections,
+            Some(chat) => chat.pairs() * 2,
+        };
+        // Proportional share, so every worker finishes its ramp at about the same time.
+        let share = connections.end.saturating_sub(connections.start) as f64 / total.max(1) as f64;
+        WorkerPlan { index, connections, rate: (common.rate * share).max(f64::MIN_POSITIVE) }
+    }
+
+    /// Number of connections of this worker.
+    pub(crate) fn len(&self) -> u64 {
+        self.connections.end.saturating_sub(self.connections.start)
+    }
+}
+
+/// The `index`-th of `parts` near-equal contiguous slices of `0..units`; the first
+/// `units % parts` slices are one longer.
+pub(crate) fn slice(units: u64, parts: u64, index: u64) -> Range<u64> {
+    debug_assert!(parts > 0 && index < parts);
+    let parts = parts.max(1);
+    let base = units / parts;
+    let extra = units % parts;
+    let start = index * base + index.min(extra);
+    let len = base + u64::from(index < extra);
+    start.min(units)..(start + len).min(units)
+}
+
+/// What one connection does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Holds the connection; answers what the server sends.
+    Idle,
+    /// Sends to its partner in `conv`.
+    Sender { conv: String },
+    /// Receives from its partner and acknowledges with receipts.
+    Receiver,
+}
+
+/// User id of global connection `index`.
+pub(crate) fn user_id(prefix: &str, index: u64) -> String {
+    format!("{prefix}{index}")
+}
+
+/// Conversation id of the direct conversation between users `a` and `b`.
+pub(crate) fn dm_conv(a: &str, b: &str) -> String {
+    if a.as_bytes() <= b.as_bytes() { format!("dm:{a}:{b}") } else { format!("dm:{b}:{a}") }
+}
+
+/// Role of global connection `index` in `scenario`.
+pub(crate) fn role(scenario: ScenarioKind, prefix: &str, index: u64) -> Role {
+    match scenario {
+        ScenarioKind::Idle => Role::Idle,
+        ScenarioKind::Chat if index.is_multiple_of(2) => {
+            Role::Sender { conv: dm_conv(&user_id(prefix, index), &user_id(prefix, index + 1)) }
+        }
+        ScenarioKind::Chat => Role::Receiver,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn slices_cover_everything_exactly_once() {
+        for units in [0, 1, 7, 100, 19_001, 40_000] {
+            for parts in 1..=7 {
+                let mut next = 0;
+                let mut sizes = Vec::new();
+                for index in 0..parts {
+                    let range = slice(units, parts, index);
+                    assert_eq!(range.start, next, "units {units} parts {parts}");
+                    next = range.end;
+                    sizes.push(range.end - range.start);
+                }
+                assert_eq!(next, units);
+                let (min, max) = (sizes.iter().min(), sizes.iter().max());
+                assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1));
+            }
+        }
+    }
+
+    #[test]
+    fn chat_keeps_pairs_in_one_worker() {
+        let cli =
+            Cli::try_parse_from(["switchboard-load", "chat", "--dev", "-n", "11", "--processes", "2", "--rate", "100"])
+                .expect("parses");
+        let first = WorkerPlan::new(&cli.scenario, 0);
+        let second = WorkerPlan::new(&cli.scenario, 1);
+        // 11 connections make 5 pairs: 3 + 2 pairs, the odd connection is unused.
+        assert_eq!(first.connections, 0..6);
+        assert_eq!(second.connections, 6..10);
+        assert!((first.rate - 60.0).abs() < 1e-9);
+        assert!((second.rate - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_slices_connections() {
+        let cli = Cli::try_parse_from(["switchboard-load", "idle", "--dev", "-n", "40000", "--rate", "9000"])
+            .expect("parses");
+        let plans: Vec<_> = (0..3).map(|i| WorkerPlan::new(&cli.scenario, i)).collect();
+        assert_eq!(plans[0].connections, 0..13_334);
+        assert_eq!(plans[2].connections, 26_667..40_000);
+        let total_rate: f64 = plans.iter().map(|p| p.rate).sum();
+        assert!((total_rate - 9000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dm_conv_orders_by_bytes() {
+        assert_eq!(dm_conv("load-u10", "load-u11"), "dm:load-u10:load-u11");
+        assert_eq!(dm_conv("load-u9", "load-u10"), "dm:load-u10:load-u9");
+        assert_eq!(dm_conv("bob", "alice"), "dm:alice:bob");
+    }
+
+    #[test]
+    fn chat_roles_alternate() {
+        assert_eq!(role(ScenarioKind::Chat, "u", 8), Role::Sender { conv: "dm:u8:u9".to_owned() });
+        assert_eq!(role(ScenarioKind::Chat, "u", 9), Role::Receiver);
+        assert_eq!(role(ScenarioKind::Idle, "u", 8), Role::Idle);
+    }
+}
