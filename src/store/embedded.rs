@@ -60,9 +60,12 @@
 //! # Blocking
 //!
 //! fjall calls block: a cold read goes to disk, and a write can stall while memtables
-//! are flushed. Every call that touches fjall therefore runs on
-//! [`tokio::task::spawn_blocking`], never on a runtime worker; only [`MessageStore::health`]
-//! runs inline.
+//! are flushed. Scans (history, resume, cursor and index listings) and writes (cursor and
+//! mark read-modify-writes take the journal, which a commit holds while it syncs) run on
+//! [`tokio::task::spawn_blocking`]. The point reads on the send path (`load_conv`,
+//! `find_dedup`) run inline: one key lookup (bloom filters spare the disk for absent
+//! keys), a few microseconds, while a hop to the blocking pool and back costs more than
+//! that in thread wake-ups.
 
 mod codec;
 mod writer;
@@ -541,6 +544,11 @@ impl EmbeddedStore {
         reply_rx.await.map_err(|_| StoreError::from(EmbeddedError::WriterGone))?
     }
 
+    /// Runs a point operation on the calling thread (see the module docs, Blocking).
+    fn inline<T>(&self, operation: impl FnOnce(&Keyspaces) -> EmbeddedResult<T>) -> StoreResult<T> {
+        operation(&self.keyspaces).map_err(StoreError::from)
+    }
+
     /// Runs `read` on the blocking pool (fjall calls may touch the disk).
     async fn blocking<T, F>(&self, read: F) -> StoreResult<T>
     where
@@ -574,15 +582,13 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn load_conv(&self, conv: &ConvId) -> StoreResult<Option<ConvMeta>> {
-        let conv = conv.clone();
-        self.blocking(move |keyspaces| {
-            Ok(keyspaces.load_meta(&conv)?.map(|record| ConvMeta {
+        self.inline(|keyspaces| {
+            Ok(keyspaces.load_meta(conv)?.map(|record| ConvMeta {
                 last_seq: record.last_seq,
                 epoch: record.epoch,
                 members: record.members,
             }))
         })
-        .await
     }
 
     async fn append(&self, batch: AppendBatch) -> StoreResult<()> {
@@ -599,7 +605,7 @@ impl MessageStore for EmbeddedStore {
 
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>> {
         let key = dedup_key(conv, from, cmid);
-        self.blocking(move |keyspaces| keyspaces.find_dedup(&key, now_ms())).await
+        self.inline(|keyspaces| keyspaces.find_dedup(&key, now_ms()))
     }
 
     async fn read_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
