@@ -40,6 +40,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub actors: ActorsConfig,
     pub store_options: StoreOptions,
+    pub cql: CqlConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -58,6 +59,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             actors: ActorsConfig::default(),
             store_options: StoreOptions::default(),
+            cql: CqlConfig::default(),
             shutdown: ShutdownConfig::default(),
         }
     }
@@ -224,6 +226,39 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self { dedup_ttl_secs: 7 * 24 * 3600, resume_page: 200 }
+    }
+}
+
+/// The CQL store (`store = "cql://..."`): ScyllaDB in production, Cassandra in tests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CqlConfig {
+    /// Keyspace replication, a CQL map. Default SimpleStrategy, RF 1 (tests and single
+    /// nodes); production uses `{'class': 'NetworkTopologyStrategy', 'dc1': 3}`.
+    pub replication: String,
+    /// Local datacenter for token-aware, DC-aware routing. Default none.
+    pub datacenter: Option<String>,
+    /// Consistency of every request. Default `LOCAL_QUORUM`.
+    pub consistency: String,
+    /// Timeout of one store call, ms (the driver's default is 30 s). Default 2000.
+    pub request_timeout_ms: u64,
+    /// Messages per partition (bucket) of a conversation's log. Default 4096.
+    pub bucket_size: u64,
+    /// Apply `deploy/cql/schema.cql` at start (as `switchboard migrate` does). Default
+    /// off: production migrates once, explicitly.
+    pub migrate_on_start: bool,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        Self {
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            datacenter: None,
+            consistency: "LOCAL_QUORUM".to_owned(),
+            request_timeout_ms: 2_000,
+            bucket_size: 4_096,
+            migrate_on_start: false,
+        }
     }
 }
 

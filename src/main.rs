@@ -19,6 +19,19 @@ struct Cli {
 enum Command {
     /// Run a node: HTTP + WebSocket on one listener.
     Serve(ServeArgs),
+    /// Apply the CQL schema (deploy/cql/schema.cql) to the store named by --store.
+    Migrate(MigrateArgs),
+}
+
+/// `switchboard migrate`: creates the keyspace and tables if absent (idempotent).
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// TOML config file (its `[cql]` section: replication, consistency, ...).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// `cql://host:port[,host:port]/keyspace`.
+    #[arg(long, env = "SWITCHBOARD_STORE")]
+    store: Option<String>,
 }
 
 /// Each flag can also be set by `SWITCHBOARD_<NAME>` and in the config file; flags win
@@ -55,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Migrate(args) => migrate(args),
     }
 }
 
@@ -85,6 +99,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     // Background tasks (HTTP keep-alives, timers) must not hold the process open.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(())
+}
+
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply(Overrides { store: args.store, ..Overrides::default() });
+    config.validate()?;
+    init_tracing(config.log_format);
+    if !config.store.starts_with("cql://") {
+        anyhow::bail!(
+            "migrate applies the CQL schema: give --store cql://host:port/keyspace (the embedded store needs none)"
+        );
+    }
+    let options = switchboard::server::cql_options(&config)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(switchboard::store::cql::CqlStore::migrate(&options))?;
+    println!("schema applied to keyspace {}", options.keyspace);
     Ok(())
 }
 

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::gateway::PeerAddr;
 use crate::node::Node;
 use crate::store::MessageStore;
+use crate::store::cql::{CqlOptions, CqlStore, parse_consistency};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 
 /// Largest HTTP request head accepted (a header bomb gets 431).
@@ -132,12 +133,15 @@ impl Server {
     }
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
-    if config.store != "embedded" {
-        anyhow::bail!(
-            "--store {}: this build has the embedded store only; the CQL store is not available yet",
-            config.store
-        );
+/// Opens the configured store: embedded (fjall) or CQL.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
+    if config.store.starts_with("cql://") {
+        let options = cql_options(config)?;
+        if config.cql.migrate_on_start {
+            CqlStore::migrate(&options).await.context("cannot apply the CQL schema")?;
+        }
+        let store = CqlStore::connect(options).await.context("cannot connect to the CQL store")?;
+        return Ok(Arc::new(store));
     }
     let options = EmbeddedOptions {
         dedup_ttl: Duration::from_secs(config.store_options.dedup_ttl_secs),
@@ -148,6 +152,19 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
         .await?
         .with_context(|| format!("cannot open the embedded store in {}", config.data_dir.display()))?;
     Ok(Arc::new(store))
+}
+
+/// The CQL store options of a configuration whose `store` is a `cql://` URL.
+pub fn cql_options(config: &Config) -> anyhow::Result<CqlOptions> {
+    let mut options = CqlOptions::from_url(&config.store)?;
+    options.replication.clone_from(&config.cql.replication);
+    options.datacenter.clone_from(&config.cql.datacenter);
+    options.consistency = parse_consistency(&config.cql.consistency).map_err(anyhow::Error::msg)?;
+    options.request_timeout = Duration::from_millis(config.cql.request_timeout_ms);
+    options.bucket_size = config.cql.bucket_size;
+    options.dedup_ttl = Duration::from_secs(config.store_options.dedup_ttl_secs);
+    options.validate().map_err(|problems| anyhow::anyhow!("invalid CQL store options: {problems}"))?;
+    Ok(options)
 }
 
 async fn serve_http(node: Arc<Node>, router: axum::Router, stream: TcpStream, peer: SocketAddr) {

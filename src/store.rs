@@ -25,6 +25,7 @@
 //!
 //! Every write is idempotent (same key, same value) so it may be retried.
 
+pub mod cql;
 pub mod embedded;
 
 use std::collections::HashMap;

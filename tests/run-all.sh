@@ -1,22 +1,55 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, the integration suite (real server processes
-# over real sockets), doc tests, and a compile of the benches. Real services the suite
-# needs are provisioned by this script; nothing is skipped.
+# Runs the whole test suite, real services included; nothing is skipped.
 #
-# Usage: tests/run-all.sh            (from the repository root)
+#   1. provisions a real Apache Cassandra 5.0 (deploy/cassandra/cassandra.sh: jars from
+#      Maven Central, cached) and starts it on 127.0.0.1:$SWITCHBOARD_TEST_CQL_PORT;
+#   2. unit tests, the integration suite (real server processes over real sockets) and the
+#      store conformance suite against both stores;
+#   3. the integration suite again with every test server on the CQL store;
+#   4. the fault test that kills and restarts Cassandra mid-traffic;
+#   5. doc tests. Cassandra is stopped on exit, whatever happened.
+#
+# Usage: tests/run-all.sh            (from anywhere; needs cargo, java 17 and mvn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo is required: install Rust from https://rustup.rs" >&2
-    exit 1
-fi
+for tool in cargo java mvn; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "run-all: $tool is required" >&2; exit 1; }
+done
+
+cassandra=deploy/cassandra/cassandra.sh
+cql_port="${SWITCHBOARD_TEST_CQL_PORT:-19042}"
+export CASSANDRA_STORAGE_PORT="${CASSANDRA_STORAGE_PORT:-17000}"
+export SWITCHBOARD_CASSANDRA_DIR="$PWD/target/cassandra-test"
+export SWITCHBOARD_TEST_CQL="cql://127.0.0.1:$cql_port"
+
+results="$PWD/target/test-results.log"
+mkdir -p target
+: > "$results"
+# Runs a test command, keeping its output for the closing summary.
+run() { "$@" 2>&1 | tee -a "$results"; }
 
 echo "==> build"
 cargo build --workspace --all-targets --locked
 
-echo "==> tests"
-cargo test --workspace --all-targets --locked
+echo "==> cassandra"
+bash "$cassandra" install
+bash "$cassandra" stop "$SWITCHBOARD_CASSANDRA_DIR" >/dev/null 2>&1 || true
+rm -rf "$SWITCHBOARD_CASSANDRA_DIR"
+trap 'bash "$cassandra" stop "$SWITCHBOARD_CASSANDRA_DIR" >/dev/null 2>&1 || true' EXIT
+bash "$cassandra" start "$SWITCHBOARD_CASSANDRA_DIR" "$cql_port"
+
+echo "==> tests (embedded test servers; store conformance on embedded and CQL)"
+run cargo test --workspace --all-targets --locked
+
+echo "==> integration suite with every test server on the CQL store"
+SWITCHBOARD_TEST_STORE=cql run cargo test --locked --test integration -- --skip store::
+
+echo "==> fault test: Cassandra killed mid-traffic"
+run cargo test --locked --test integration cql_fault -- --ignored --nocapture
 
 echo "==> doc tests"
-cargo test --workspace --doc --locked
+run cargo test --workspace --doc --locked
+
+# One closing line over every step (set -o pipefail has already stopped on a failure).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$results"

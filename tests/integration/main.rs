@@ -9,6 +9,7 @@
 mod support;
 
 mod auth;
+mod cql_fault;
 mod durability;
 mod errors;
 mod messaging;

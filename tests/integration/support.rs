@@ -2,6 +2,7 @@
 //! plain HTTP client for the probes.
 
 pub(crate) mod client;
+pub(crate) mod cql;
 pub(crate) mod http;
 pub(crate) mod server;
 pub(crate) mod token;

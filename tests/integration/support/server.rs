@@ -43,8 +43,14 @@ impl TestServer {
         Self::start_with(Options { dev: true, ..Options::default() })
     }
 
-    pub(crate) fn start_with(options: Options) -> Self {
+    pub(crate) fn start_with(mut options: Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        if super::cql::servers_on_cql() {
+            // A keyspace of its own, kept across restarts of this server.
+            let keyspace = super::cql::fresh_keyspace("server");
+            options.args.extend(["--store".to_owned(), format!("{}/{keyspace}", super::cql::base_url())]);
+            options.config.push_str("\n[cql]\nmigrate_on_start = true\nrequest_timeout_ms = 5000\nbucket_size = 64\n");
+        }
         let mut server = TestServer { child: None, addr: ([127, 0, 0, 1], 0).into(), dir, options, port: 0 };
         server.spawn();
         server
