@@ -66,6 +66,23 @@ pub struct Directory {
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
+/// The hibernation clock of a user or conversation actor: sends `tick()` to the actor
+/// twice per idle period, so an idle actor stops within 1.5 idle periods. Dropping the
+/// returned [`Ticker`] (the actor's state, when it stops) stops the clock.
+pub(crate) fn hibernation_ticker<M: ractor::Message>(myself: &ActorRef<M>, idle: Duration, tick: fn() -> M) -> Ticker {
+    Ticker(myself.send_interval(idle.max(Duration::from_millis(100)) / 2, tick))
+}
+
+/// A running hibernation clock; aborted on drop.
+#[derive(Debug)]
+pub(crate) struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Directory {
     /// Starts the supervision tree. `escalation` is cancelled if root itself gives up.
     pub async fn start(

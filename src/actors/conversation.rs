@@ -118,7 +118,8 @@ pub struct ConvState {
     /// The store failed: reload `last_seq` before sequencing again.
     reload: bool,
     last_work: Instant,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped with the state, which stops the clock.
+    _ticker: super::Ticker,
 }
 
 impl std::fmt::Debug for ConvState {
@@ -146,7 +147,7 @@ impl Actor for ConvActor {
         let meta = node.store.load_conv(&conv).await?;
         let (last_seq, epoch) = meta.map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
         let idle = Duration::from_millis(node.config.actors.conv_idle_ms);
-        let ticker = myself.send_interval(idle.max(Duration::from_millis(100)) / 2, || ConvMsg::Tick);
+        let ticker = super::hibernation_ticker(&myself, idle, || ConvMsg::Tick);
         metrics::gauge!("switchboard_conv_actors").increment(1.0);
         Ok(ConvState {
             node,
@@ -161,14 +162,15 @@ impl Actor for ConvActor {
             recent_order: VecDeque::new(),
             reload: false,
             last_work: Instant::now(),
-            ticker: Some(ticker),
+            _ticker: ticker,
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         metrics::gauge!("switchboard_conv_actors").decrement(1.0);
         Ok(())
     }

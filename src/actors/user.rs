@@ -47,7 +47,8 @@ pub struct UserState {
     node: Arc<Node>,
     user: UserId,
     last_work: Instant,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped with the state, which stops the clock.
+    _ticker: super::Ticker,
 }
 
 impl Actor for UserActor {
@@ -61,15 +62,12 @@ impl Actor for UserActor {
         (node, user): Self::Arguments,
     ) -> Result<UserState, ActorProcessingErr> {
         let idle = Duration::from_millis(node.config.actors.user_idle_ms);
-        let ticker = myself.send_interval(idle.max(Duration::from_millis(100)) / 2, || UserMsg::Tick);
+        let ticker = super::hibernation_ticker(&myself, idle, || UserMsg::Tick);
         metrics::gauge!("switchboard_user_actors").increment(1.0);
-        Ok(UserState { node, user, last_work: Instant::now(), ticker: Some(ticker) })
+        Ok(UserState { node, user, last_work: Instant::now(), _ticker: ticker })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<UserMsg>, state: &mut UserState) -> Result<(), ActorProcessingErr> {
-        if let Some(ticker) = state.ticker.take() {
-            ticker.abort();
-        }
+    async fn post_stop(&self, _myself: ActorRef<UserMsg>, _state: &mut UserState) -> Result<(), ActorProcessingErr> {
         metrics::gauge!("switchboard_user_actors").decrement(1.0);
         Ok(())
     }
