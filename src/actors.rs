@@ -25,6 +25,8 @@
 
 pub mod conversation;
 pub mod supervisor;
+#[cfg(test)]
+mod tests;
 pub mod user;
 
 use std::future::Future;

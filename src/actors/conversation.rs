@@ -74,6 +74,9 @@ pub enum ConvMsg {
     Written(WriteOutcome),
     /// Periodic: hibernate when idle.
     Tick,
+    /// Test hook: the actor panics, as a bug would make it.
+    #[cfg(test)]
+    Crash,
 }
 
 /// What a write task reports back.
@@ -185,6 +188,8 @@ impl Actor for ConvActor {
             ConvMsg::Send(request) => state.on_send(&myself, request).await,
             ConvMsg::Written(outcome) => state.on_written(&myself, outcome),
             ConvMsg::Tick => state.on_tick(&myself),
+            #[cfg(test)]
+            ConvMsg::Crash => panic!("test hook: conversation actor crash"),
         }
         Ok(())
     }
