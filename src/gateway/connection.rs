@@ -53,6 +53,9 @@ type InflightSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 64;
 
+/// How long a closing connection waits for the rest of the closing handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Serializes a server frame for the outbox.
 pub fn frame(value: &impl Serialize) -> Utf8Bytes {
     // Our own JSON encoding is always UTF-8; the fallback is unreachable in practice.
@@ -122,16 +125,22 @@ impl Connection {
             }
             self.read_loop(stream).await
         };
+        let mut reader = std::pin::pin!(reader);
         tokio::select! {
-            () = &mut writer => {}
-            close = reader => {
+            () = &mut writer => {
+                // Our close frame is out: give the peer a moment to answer it (the closing
+                // handshake), so the TCP connection ends with a FIN rather than a reset
+                // that could discard the close frame before the client reads it.
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+            }
+            close = &mut reader => {
                 if let Some(code) = close {
                     self.outbox.close(code);
                 } else {
                     self.outbox.close(CloseCode::Normal);
                 }
                 // Let the writer send what is queued and the close frame, briefly.
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
             }
         }
         if attached.is_ok() {

@@ -89,3 +89,22 @@ async fn dev_mode_refuses_a_public_listen_address() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dev mode refuses"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_idle_timeout_and_a_live_one_is_kept() {
+    let server = crate::support::server::TestServer::start_with(crate::support::server::Options {
+        config: "[gateway]\nidle_timeout_ms = 800\nping_interval_ms = 200\n".to_owned(),
+        ..Default::default()
+    });
+    let (mut silent, _) = TestClient::connect_synced(server.addr, "alice", "phone").await;
+    let (mut live, _) = TestClient::connect_synced(server.addr, "bob", "phone").await;
+    // The live client keeps reading, so it answers the server's pings with pongs.
+    live.expect_silence(std::time::Duration::from_millis(2000)).await;
+    // The silent one read nothing, answered no ping, and was closed meanwhile (1000).
+    // It reads the close frame only if the kernel has not discarded it: the pong it owes
+    // for the pings it reads first hits a socket the server has already closed.
+    assert_eq!(http::metric(server.addr, "switchboard_closes_total").await, 1.0);
+    assert!(matches!(silent.expect_close().await, Some(1000) | None));
+    let ack = live.send_msg("dm:alice:bob", "c1", json!("still connected")).await;
+    assert_eq!(ack["type"], "ack");
+}

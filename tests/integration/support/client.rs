@@ -174,9 +174,18 @@ impl TestClient {
     }
 
     /// Asserts nothing but pings arrives for `quiet`.
+    /// Asserts no frame but control frames (pings, answered automatically) arrives for
+    /// `quiet`, reading all along.
     pub(crate) async fn expect_silence(&mut self, quiet: Duration) {
-        if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(quiet, self.socket.next()).await {
-            panic!("expected silence, got {text}");
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.socket.next()).await {
+            match next {
+                Some(Ok(Message::Text(text))) => panic!("expected silence, got {text}"),
+                Some(Ok(Message::Close(close))) => panic!("expected silence, the connection closed: {close:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => panic!("expected silence, got an error: {error}"),
+                None => panic!("expected silence, the connection ended"),
+            }
         }
     }
 
