@@ -75,6 +75,50 @@ pub(crate) fn hibernation_ticker<M: ractor::Message>(myself: &ActorRef<M>, idle:
     Ticker(myself.send_interval(idle.max(Duration::from_millis(100)) / 2, tick))
 }
 
+/// Which kind of actor a [`LiveActor`] counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ActorKind {
+    User,
+    Conv,
+}
+
+/// Counts one live actor (the `switchboard_{user,conv}_actors` gauge and the node's
+/// counter) from its start until its state is dropped, which happens on a crash too.
+#[derive(Debug)]
+pub(crate) struct LiveActor {
+    node: Arc<Node>,
+    kind: ActorKind,
+}
+
+impl LiveActor {
+    pub(crate) fn new(node: Arc<Node>, kind: ActorKind) -> Self {
+        Self::counter(&node, kind).fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(Self::gauge(kind)).increment(1.0);
+        Self { node, kind }
+    }
+
+    fn counter(node: &Node, kind: ActorKind) -> &std::sync::atomic::AtomicUsize {
+        match kind {
+            ActorKind::User => &node.live_user_actors,
+            ActorKind::Conv => &node.live_conv_actors,
+        }
+    }
+
+    fn gauge(kind: ActorKind) -> &'static str {
+        match kind {
+            ActorKind::User => "switchboard_user_actors",
+            ActorKind::Conv => "switchboard_conv_actors",
+        }
+    }
+}
+
+impl Drop for LiveActor {
+    fn drop(&mut self) {
+        Self::counter(&self.node, self.kind).fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(Self::gauge(self.kind)).decrement(1.0);
+    }
+}
+
 /// A running hibernation clock; aborted on drop.
 #[derive(Debug)]
 pub(crate) struct Ticker(tokio::task::JoinHandle<()>);

@@ -25,6 +25,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .nest("/api/v1", crate::admin::router())
         .with_state(node)
 }
 

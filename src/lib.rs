@@ -8,6 +8,7 @@
 //! - [`gateway`]: the WebSocket upgrade (auth and origin checks before any actor exists),
 //!   the per-socket connection task and its bounded, coalescing [`gateway::outbox`].
 //! - [`auth`]: JWT verification and development identities.
+//! - [`admin`]: the admin HTTP API under `/api/v1/` (bearer `SWITCHBOARD_ADMIN_TOKEN`).
 //! - [`actors`]: the supervised actor tree: per-user actors, per-conversation
 //!   sequencers, the supervisor with its restart policy, and the directory that finds them.
 //! - [`sessions`]: the registry of connected devices, the fanout table.
@@ -19,6 +20,7 @@
 //! `switchboard-cluster`.
 
 pub mod actors;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod gateway;

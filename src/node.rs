@@ -38,6 +38,12 @@ pub struct Node {
     /// Tasks that must finish before the store is closed (connections, writes).
     pub tasks: TaskTracker,
     next_conn_id: AtomicU64,
+    /// Live actors, for `/api/v1/stats`.
+    pub live_user_actors: std::sync::atomic::AtomicUsize,
+    pub live_conv_actors: std::sync::atomic::AtomicUsize,
+    pub started: std::time::Instant,
+    /// Bearer token of the admin API (`SWITCHBOARD_ADMIN_TOKEN`); `None` disables it.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl Node {
@@ -67,6 +73,13 @@ impl Node {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_conn_id: AtomicU64::new(1),
+            live_user_actors: std::sync::atomic::AtomicUsize::new(0),
+            live_conv_actors: std::sync::atomic::AtomicUsize::new(0),
+            started: std::time::Instant::now(),
+            admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+                .ok()
+                .filter(|token| !token.is_empty())
+                .map(crate::admin::AdminToken::new),
         }
     }
 

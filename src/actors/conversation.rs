@@ -123,6 +123,7 @@ pub struct ConvState {
     last_work: Instant,
     /// Dropped with the state, which stops the clock.
     _ticker: super::Ticker,
+    _live: super::LiveActor,
 }
 
 impl std::fmt::Debug for ConvState {
@@ -151,7 +152,7 @@ impl Actor for ConvActor {
         let (last_seq, epoch) = meta.map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
         let idle = Duration::from_millis(node.config.actors.conv_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || ConvMsg::Tick);
-        metrics::gauge!("switchboard_conv_actors").increment(1.0);
+        let live = super::LiveActor::new(node.clone(), super::ActorKind::Conv);
         Ok(ConvState {
             node,
             conv,
@@ -166,16 +167,8 @@ impl Actor for ConvActor {
             reload: false,
             last_work: Instant::now(),
             _ticker: ticker,
+            _live: live,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        metrics::gauge!("switchboard_conv_actors").decrement(1.0);
-        Ok(())
     }
 
     async fn handle(

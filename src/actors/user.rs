@@ -49,6 +49,7 @@ pub struct UserState {
     last_work: Instant,
     /// Dropped with the state, which stops the clock.
     _ticker: super::Ticker,
+    _live: super::LiveActor,
 }
 
 impl Actor for UserActor {
@@ -63,13 +64,8 @@ impl Actor for UserActor {
     ) -> Result<UserState, ActorProcessingErr> {
         let idle = Duration::from_millis(node.config.actors.user_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || UserMsg::Tick);
-        metrics::gauge!("switchboard_user_actors").increment(1.0);
-        Ok(UserState { node, user, last_work: Instant::now(), _ticker: ticker })
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<UserMsg>, _state: &mut UserState) -> Result<(), ActorProcessingErr> {
-        metrics::gauge!("switchboard_user_actors").decrement(1.0);
-        Ok(())
+        let live = super::LiveActor::new(node.clone(), super::ActorKind::User);
+        Ok(UserState { node, user, last_work: Instant::now(), _ticker: ticker, _live: live })
     }
 
     async fn handle(

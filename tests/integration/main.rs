@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admin;
 mod auth;
 mod cql_fault;
 mod durability;

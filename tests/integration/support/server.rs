@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::token::SECRET;
+use super::token::{ADMIN_TOKEN, SECRET};
 
 /// How a test server is started.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +97,7 @@ impl TestServer {
             .arg(self.data_dir())
             .args(&self.options.args)
             .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SWITCHBOARD_LOG", "info,switchboard=debug")
             .env_remove("SWITCHBOARD_DEV")
             .stdin(Stdio::null())

@@ -6,6 +6,9 @@ use serde_json::{Value, json};
 /// The HS256 secret every test server runs with.
 pub(crate) const SECRET: &str = "integration-test-secret";
 
+/// The admin API bearer token every test server runs with.
+pub(crate) const ADMIN_TOKEN: &str = "integration-admin-token";
+
 pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
