@@ -73,20 +73,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    config.apply(Overrides {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        dev: args.dev,
-        dev_allow_remote: args.dev_allow_remote,
-        store: args.store,
-        nats: args.nats,
-        node_id: args.node_id,
-    });
-    config.validate()?;
+    let config = load_config(
+        args.config.as_deref(),
+        Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir,
+            dev: args.dev,
+            dev_allow_remote: args.dev_allow_remote,
+            store: args.store,
+            nats: args.nats,
+            node_id: args.node_id,
+        },
+    )?;
     init_tracing(config.log_format);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
@@ -103,12 +101,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    config.apply(Overrides { store: args.store, ..Overrides::default() });
-    config.validate()?;
+    let config = load_config(args.config.as_deref(), Overrides { store: args.store, ..Overrides::default() })?;
     init_tracing(config.log_format);
     if !config.store.starts_with("cql://") {
         anyhow::bail!(
@@ -121,6 +114,17 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     runtime.block_on(switchboard::store::cql::CqlStore::migrate(&options))?;
     println!("schema applied to keyspace {}", options.keyspace);
     Ok(())
+}
+
+/// The config file (or the defaults), with flag and environment overrides, validated.
+fn load_config(file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    let mut config = match file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply(overrides);
+    config.validate()?;
+    Ok(config)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::value::RawValue;
 use switchboard_proto::codec;
-use switchboard_proto::ids::{ConvId, ConvKind, DeviceId, UserId};
+use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 use switchboard_proto::server::Msg;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -292,11 +292,7 @@ impl ConvState {
         metrics::gauge!("switchboard_conv_pending").decrement(take as f64);
         self.writing = true;
         // The first message of a dm puts the conversation in both users' inboxes.
-        let index_users = match (self.durable_seq, self.conv.dm_members()) {
-            (0, Some((a, b))) if a == b => vec![a],
-            (0, Some((a, b))) => vec![a, b],
-            _ => Vec::new(),
-        };
+        let index_users = if self.durable_seq == 0 { recipients(&self.conv) } else { Vec::new() };
         let task = WriteTask {
             node: self.node.clone(),
             conv: self.conv.clone(),
@@ -428,9 +424,9 @@ impl WriteTask {
 
 /// The users a conversation's messages go to.
 fn recipients(conv: &ConvId) -> Vec<UserId> {
-    match (conv.kind(), conv.dm_members()) {
-        (ConvKind::Dm, Some((a, b))) if a == b => vec![a],
-        (ConvKind::Dm, Some((a, b))) => vec![a, b],
-        _ => Vec::new(),
+    match conv.dm_members() {
+        Some((a, b)) if a == b => vec![a],
+        Some((a, b)) => vec![a, b],
+        None => Vec::new(),
     }
 }

@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use switchboard_proto::client::ReceiptKind;
 use switchboard_proto::close::CloseCode;
-use switchboard_proto::codec;
 use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 use switchboard_proto::server::ReceiptEvent;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::node::{Node, now_ms};
 use crate::sessions::DeviceSession;
@@ -134,10 +132,7 @@ impl UserState {
     /// Tells the other members, and this user's other devices, that a mark moved.
     fn relay(&self, conv: &ConvId, conn_id: u64, seq: u64, kind: ReceiptKind) {
         let event = ReceiptEvent { conv: conv.clone(), user: self.user.clone(), kind, seq, ts: now_ms() };
-        let Ok(frame) = Utf8Bytes::try_from(codec::encode(&switchboard_proto::server::ServerFrame::Receipt(event)))
-        else {
-            return;
-        };
+        let frame = crate::gateway::connection::frame(&event);
         let sessions = &self.node.sessions;
         sessions.deliver(&self.user, &frame, Some(conn_id));
         if let Some(peer) = conv.dm_peer(&self.user)

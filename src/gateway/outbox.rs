@@ -93,18 +93,14 @@ impl Outbox {
     /// Queues a reliable frame (a reply, a receipt, a message). Never waits: if it does
     /// not fit, the connection becomes a slow consumer and closes with 4001.
     pub fn push(&self, frame: Utf8Bytes) -> Push {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.close.is_some() {
             return Push::Closed;
         }
         if !self.fits(&state, frame.len()) {
             return self.overflow(state);
         }
-        state.bytes += frame.len();
-        state.queue.push_back(frame);
-        drop(state);
-        self.wake.notify_one();
-        Push::Queued
+        self.enqueue(state, frame)
     }
 
     /// Queues a live `msg` frame of `conv` with `seq`: held while the device resumes,
@@ -124,17 +120,13 @@ impl Outbox {
             }
             return Push::Queued;
         }
-        state.bytes += frame.len();
-        state.queue.push_back(frame);
-        drop(state);
-        self.wake.notify_one();
-        Push::Queued
+        self.enqueue(state, frame)
     }
 
     /// Queues an ephemeral frame (typing, presence) unless the queue is half full, in
     /// which case it is shed: these are the first to go under pressure.
     pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Push {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.close.is_some() {
             return Push::Closed;
         }
@@ -142,11 +134,7 @@ impl Outbox {
             metrics::counter!("switchboard_outbox_shed_total").increment(1);
             return Push::Shed;
         }
-        state.bytes += frame.len();
-        state.queue.push_back(frame);
-        drop(state);
-        self.wake.notify_one();
-        Push::Queued
+        self.enqueue(state, frame)
     }
 
     /// Queues a frame, waiting up to `timeout` for room instead of overflowing. For the
@@ -158,22 +146,27 @@ impl Outbox {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let mut state = self.lock();
+                let state = self.lock();
                 if state.close.is_some() {
                     return Push::Closed;
                 }
                 if self.fits(&state, frame.len()) {
-                    state.bytes += frame.len();
-                    state.queue.push_back(frame);
-                    drop(state);
-                    self.wake.notify_one();
-                    return Push::Queued;
+                    return self.enqueue(state, frame);
                 }
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return self.overflow(self.lock());
             }
         }
+    }
+
+    /// Appends a frame that fits, then wakes the writer (after unlocking).
+    fn enqueue(&self, mut state: std::sync::MutexGuard<'_, State>, frame: Utf8Bytes) -> Push {
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        Push::Queued
     }
 
     fn overflow(&self, mut state: std::sync::MutexGuard<'_, State>) -> Push {
