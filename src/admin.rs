@@ -4,24 +4,44 @@
 //! variable set the API is disabled (every call 401 with a message saying so). The token
 //! is compared in constant time and never logged.
 //!
-//! Implemented: `GET /api/v1/stats`, `POST /api/v1/disconnect`. `publish`, `revoke` and
-//! `presence` answer 501 until feeds, revocation and presence land.
+//! | call                          | body                                  | answer                     |
+//! |-------------------------------|---------------------------------------|----------------------------|
+//! | `POST /api/v1/publish`        | `{"conv", "body", "from"?}`           | `{"conv","seq","mid","ts"}`|
+//! | `POST /api/v1/disconnect`     | `{"user"}`                            | `{"closed"}`               |
+//! | `POST /api/v1/revoke`         | `{"user", "before"}` (ms)             | `{"closed"}`               |
+//! | `GET /api/v1/presence/{user}` |                                       | `{"user","status","last_seen"}` |
+//! | `GET /api/v1/stats`           |                                       | node figures               |
+//!
+//! `publish` sequences a message in any conversation (a feed, usually) through its
+//! sequencer, from `from` (default `admin`, device `admin`); it is answered once the
+//! message is durable and delivered like any other. `revoke` refuses the user's tokens
+//! issued before `before` from then on (durably) and closes their live connections that
+//! use such tokens with 1008.
+//!
+//! Errors are JSON `{"error": "..."}` with 400 (bad body), 401 (token), 403 (not
+//! allowed), 404 (no such group), 503 with `Retry-After` (store or sequencer unavailable).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use switchboard_proto::close::CloseCode;
-use switchboard_proto::ids::UserId;
+use switchboard_proto::ids::{ConvId, DeviceId, UserId};
+use tokio::sync::oneshot;
 
+use crate::actors::conversation::{ConvMsg, SendError, SendRequest};
 use crate::node::Node;
+
+/// The sender (user and device) of an admin publish without `from`.
+const ADMIN_SENDER: &str = "admin";
 
 /// The admin bearer token. `Debug` hides it.
 #[derive(Clone)]
@@ -54,9 +74,9 @@ pub fn router() -> Router<Arc<Node>> {
     Router::new()
         .route("/stats", get(stats))
         .route("/disconnect", post(disconnect))
-        .route("/publish", post(not_yet))
-        .route("/revoke", post(not_yet))
-        .route("/presence/{user}", get(not_yet))
+        .route("/publish", post(publish))
+        .route("/revoke", post(revoke))
+        .route("/presence/{user}", get(presence))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -105,26 +125,147 @@ async fn disconnect(State(node): State<Arc<Node>>, headers: HeaderMap, body: axu
     if let Some(refused) = refusal(&node, &headers) {
         return refused;
     }
-    let request: DisconnectRequest = match serde_json::from_slice(&body) {
+    let request: DisconnectRequest = match parse(&body, r#"{"user": ...}"#) {
         Ok(request) => request,
-        Err(parse_error) => {
-            return error(StatusCode::BAD_REQUEST, &format!("expected {{\"user\": ...}}: {parse_error}"));
-        }
+        Err(refused) => return refused.into_response(),
     };
-    let user = match UserId::new(&request.user) {
+    let user = match user_id(&request.user, "user") {
         Ok(user) => user,
-        Err(id_error) => return error(StatusCode::BAD_REQUEST, &format!("user: {id_error}")),
+        Err(refused) => return refused.into_response(),
     };
     let closed = node.sessions.close_user(&user, CloseCode::Normal);
     tracing::info!(user.id = %user, closed, "admin disconnect");
     Json(json!({ "closed": closed })).into_response()
 }
 
-async fn not_yet(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+fn unavailable(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// A 400 to answer, with its message.
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, &self.0)
+    }
+}
+
+/// Parses a JSON body of the given shape.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, BadRequest> {
+    serde_json::from_slice(body).map_err(|parse_error| BadRequest(format!("expected {shape}: {parse_error}")))
+}
+
+fn user_id(text: &str, field: &str) -> Result<UserId, BadRequest> {
+    UserId::new(text).map_err(|id_error| BadRequest(format!("{field}: {id_error}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishRequest {
+    conv: String,
+    body: Box<RawValue>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Some(refused) = refusal(&node, &headers) {
         return refused;
     }
-    error(StatusCode::NOT_IMPLEMENTED, "not implemented in this server version")
+    let request: PublishRequest = match parse(&body, r#"{"conv": ..., "body": ..., "from": optional user}"#) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let conv = match ConvId::new(&request.conv) {
+        Ok(conv) => conv,
+        Err(id_error) => return error(StatusCode::BAD_REQUEST, &format!("conv: {id_error}")),
+    };
+    let from = match user_id(request.from.as_deref().unwrap_or(ADMIN_SENDER), "from") {
+        Ok(from) => from,
+        Err(refused) => return refused.into_response(),
+    };
+    if request.body.get().len() > node.config.gateway.max_body_bytes {
+        let message = format!("body is larger than max_body_bytes {}", node.config.gateway.max_body_bytes);
+        return error(StatusCode::PAYLOAD_TOO_LARGE, &message);
+    }
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let send = SendRequest {
+        from,
+        dev: DeviceId::new(ADMIN_SENDER).unwrap_or_else(|_| DeviceId::default_device()),
+        conn_id: None,
+        cmid: None,
+        body: request.body,
+        system: false,
+        admin: true,
+        reply: reply_tx,
+    };
+    if let Err(directory_error) = node.directory.conv(&node, &conv, ConvMsg::Send(send)).await {
+        tracing::warn!(%conv, error = %directory_error, "admin publish not delivered to its conversation");
+        return unavailable("conversation unavailable; retry");
+    }
+    let result = match tokio::time::timeout(node.config.gateway.request_timeout(), reply_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Err(SendError::Unavailable),
+    };
+    match result {
+        Ok(accepted) => {
+            metrics::counter!("switchboard_admin_publishes_total").increment(1);
+            Json(json!({"conv": conv, "seq": accepted.seq, "mid": accepted.mid, "ts": accepted.ts})).into_response()
+        }
+        Err(SendError::NotFound) => error(StatusCode::NOT_FOUND, "no such group"),
+        Err(SendError::Forbidden) => error(StatusCode::FORBIDDEN, "not allowed"),
+        Err(SendError::Invalid(message)) => error(StatusCode::BAD_REQUEST, &message),
+        Err(refusal @ (SendError::Unavailable | SendError::Overloaded)) => unavailable(&refusal.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RevokeRequest {
+    user: String,
+    before: u64,
+}
+
+async fn revoke(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = refusal(&node, &headers) {
+        return refused;
+    }
+    let request: RevokeRequest = match parse(&body, r#"{"user": ..., "before": ms}"#) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let user = match user_id(&request.user, "user") {
+        Ok(user) => user,
+        Err(refused) => return refused.into_response(),
+    };
+    if let Err(store_error) = node.revoke(&user, request.before).await {
+        tracing::warn!(user.id = %user, error = %store_error, "revocation not stored");
+        return unavailable("storage unavailable; retry");
+    }
+    let closed = node.sessions.close_revoked(&user, request.before);
+    tracing::info!(user.id = %user, before = request.before, closed, "admin revoke");
+    Json(json!({ "closed": closed })).into_response()
+}
+
+async fn presence(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user): Path<String>) -> Response {
+    if let Some(refused) = refusal(&node, &headers) {
+        return refused;
+    }
+    let user = match user_id(&user, "user") {
+        Ok(user) => user,
+        Err(refused) => return refused.into_response(),
+    };
+    match crate::presence::current(&node, &user).await {
+        Ok(presence) => {
+            Json(json!({"user": presence.user, "status": presence.status, "last_seen": presence.last_seen}))
+                .into_response()
+        }
+        Err(store_error) => {
+            tracing::warn!(user.id = %user, error = %store_error, "presence unavailable");
+            unavailable("storage unavailable; retry")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! `nbf` is honoured, `alg` must be the configured one (so `alg: none` and algorithm
 //! confusion are refused), and `aud`/`iss` are checked when configured.
 //!
+//! A token may grant publishing to feeds with a `pub` claim: a list of feed ids
+//! (`"feed:news"`) or prefixes ending in `*` (`"feed:*"` for every feed).
+//!
 //! Development mode (`--dev`) also accepts `?user=<u>&device=<d>` without a token. It is
 //! off by default and refused on non-loopback addresses unless forced.
 
@@ -13,7 +16,7 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use switchboard_proto::ids::{DeviceId, UserId};
+use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 
 use crate::config::{AuthConfig, JwtAlgorithm};
 
@@ -26,6 +29,29 @@ pub struct Identity {
     pub issued_at: Option<u64>,
     /// `exp` of the token (seconds); the connection is closed with 1008 then.
     pub expires_at: Option<u64>,
+    /// Feeds this identity may publish to (the `pub` claim): ids or `*`-ended prefixes.
+    pub publish: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the token grants publishing to `feed`.
+    pub fn may_publish(&self, feed: &ConvId) -> bool {
+        self.publish.iter().any(|grant| match grant.strip_suffix('*') {
+            Some(prefix) => feed.as_str().starts_with(prefix),
+            None => grant == feed.as_str(),
+        })
+    }
+
+    /// Whether a revocation of tokens issued before `before_ms` covers this identity.
+    pub fn is_revoked_by(&self, before_ms: u64) -> bool {
+        issued_before(self.issued_at, before_ms)
+    }
+}
+
+/// Whether a token with `iat` = `issued_at` (seconds) was issued before `before_ms`. A
+/// token without `iat` cannot prove it is newer, so it counts as earlier.
+pub fn issued_before(issued_at: Option<u64>, before_ms: u64) -> bool {
+    issued_at.is_none_or(|issued_at| issued_at.saturating_mul(1000) < before_ms)
 }
 
 /// Why an upgrade is refused with 401.
@@ -60,6 +86,8 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     iat: Option<u64>,
+    #[serde(default, rename = "pub")]
+    publish: Vec<String>,
 }
 
 /// Verifies tokens (and dev identities) for the gateway.
@@ -143,7 +171,16 @@ impl Authenticator {
                 Some(device) => DeviceId::new(device).map_err(|error| AuthError::InvalidIdentity(error.to_string()))?,
                 None => DeviceId::default_device(),
             };
-            return Ok(Identity { user, device, issued_at: None, expires_at: None });
+            // A dev identity is "issued" by this very request (a revocation covers only
+            // earlier logins); in dev mode every user may publish to every feed.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |now| now.as_secs());
+            return Ok(Identity {
+                user,
+                device,
+                issued_at: Some(now),
+                expires_at: None,
+                publish: vec!["feed:*".to_owned()],
+            });
         }
         Err(AuthError::Missing)
     }
@@ -162,7 +199,7 @@ impl Authenticator {
             }
             None => DeviceId::default_device(),
         };
-        Ok(Identity { user, device, issued_at: claims.iat, expires_at: Some(claims.exp) })
+        Ok(Identity { user, device, issued_at: claims.iat, expires_at: Some(claims.exp), publish: claims.publish })
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub gateway: GatewayConfig,
     pub actors: ActorsConfig,
+    pub groups: GroupsConfig,
+    pub presence: PresenceConfig,
+    pub rate_limits: RateLimitsConfig,
     pub store_options: StoreOptions,
     pub cql: CqlConfig,
     pub shutdown: ShutdownConfig,
@@ -58,6 +61,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             gateway: GatewayConfig::default(),
             actors: ActorsConfig::default(),
+            groups: GroupsConfig::default(),
+            presence: PresenceConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             store_options: StoreOptions::default(),
             cql: CqlConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -210,6 +216,60 @@ impl Default for ActorsConfig {
             conv_max_pending: 4096,
             conv_dedup_cache: 1024,
         }
+    }
+}
+
+/// Groups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Most members of one group. Default 10000.
+    pub max_members: usize,
+    /// Groups with at most this many members relay each member's receipts to the other
+    /// members, like a dm; larger groups relay only aggregated receipts (`"all": true`,
+    /// every member has reached the seq). Default 32.
+    pub receipt_relay_max_members: usize,
+    /// Groups whose name and members are cached on this node. Default 100000.
+    pub cache_entries: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self { max_members: 10_000, receipt_relay_max_members: 32, cache_entries: 100_000 }
+    }
+}
+
+/// Presence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A user whose last device disconnected is reported offline only after this long
+    /// without a reconnect, so a flapping connection does not storm watchers, ms.
+    /// Default 3000.
+    pub offline_debounce_ms: u64,
+    /// Most users one connection may watch with `presence_sub`. Default 1000.
+    pub max_watched: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { offline_debounce_ms: 3_000, max_watched: 1_000 }
+    }
+}
+
+/// Token-bucket rate limits (per connection).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// `typing` frames per second a connection may send, sustained. Default 2.
+    pub typing_per_sec: f64,
+    /// `typing` frames a connection may send in a burst. Default 5.
+    pub typing_burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self { typing_per_sec: 2.0, typing_burst: 5 }
     }
 }
 
@@ -395,10 +455,18 @@ impl Config {
             ("actors.conv_max_batch", self.actors.conv_max_batch),
             ("actors.conv_max_pending", self.actors.conv_max_pending),
             ("store_options.resume_page", self.store_options.resume_page),
+            ("groups.max_members", self.groups.max_members),
+            ("groups.cache_entries", self.groups.cache_entries),
+            ("presence.max_watched", self.presence.max_watched),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be above 0"));
             }
+        }
+        if !(self.rate_limits.typing_per_sec > 0.0 && self.rate_limits.typing_per_sec.is_finite())
+            || self.rate_limits.typing_burst == 0
+        {
+            problems.push("rate_limits.typing_per_sec and rate_limits.typing_burst must be above 0".to_owned());
         }
         if self.actors.max_restarts == 0 || self.actors.restart_window_secs == 0 {
             problems.push("actors.max_restarts and actors.restart_window_secs must be above 0".to_owned());

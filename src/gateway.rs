@@ -2,7 +2,7 @@
 //!
 //! Everything that can refuse a client happens before the upgrade, so a refused client
 //! costs no actor and no WebSocket state: not a WebSocket request (400), a disallowed
-//! `Origin` (403), a bad or missing token (401), a node at its connection cap or shutting
+//! `Origin` (403), a bad, missing or revoked token (401), a node at its connection cap or shutting
 //! down (503 with `Retry-After`). Then the server answers 101 itself and runs the socket
 //! with tokio-tungstenite, configured for very many mostly idle connections: small read
 //! buffer, no write buffer beyond one coalesced batch, bounded message and frame sizes.
@@ -106,6 +106,17 @@ pub async fn upgrade(
                 return refuse(StatusCode::UNAUTHORIZED, &error.to_string());
             }
         };
+    match node.revoked_before(&identity.user).await {
+        Ok(Some(before)) if identity.is_revoked_by(before) => {
+            metrics::counter!("switchboard_upgrades_refused_total", "reason" => "revoked").increment(1);
+            return refuse(StatusCode::UNAUTHORIZED, "token revoked: log in again");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "revocation check failed");
+            return overloaded("storage unavailable");
+        }
+    }
 
     let subprotocol = match headers.get(header::SEC_WEBSOCKET_PROTOCOL) {
         None => None,

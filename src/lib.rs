@@ -12,7 +12,11 @@
 //! - [`actors`]: the supervised actor tree: per-user actors, per-conversation
 //!   sequencers, the supervisor with its restart policy, and the directory that finds them.
 //! - [`sessions`]: the registry of connected devices, the fanout table.
-//! - [`store`]: the `MessageStore` trait and the embedded (fjall) store with group commit.
+//! - [`groups`]: the node's cache of group names and members (the sequencer decides).
+//! - [`feeds`]: the online subscribers of each feed on this node (live feed fanout).
+//! - [`presence`]: presence watchers, current status and `last_seen`.
+//! - [`store`]: the `MessageStore` trait, the embedded (fjall) store with group commit,
+//!   and the CQL store (ScyllaDB, Cassandra).
 //! - [`node`]: what one process shares between its tasks and actors.
 //! - [`metrics`]: the Prometheus recorder.
 //!
@@ -23,10 +27,13 @@ pub mod actors;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod feeds;
 pub mod gateway;
+pub mod groups;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod server;
 pub mod sessions;
 pub mod store;

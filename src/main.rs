@@ -23,7 +23,8 @@ enum Command {
     Migrate(MigrateArgs),
 }
 
-/// `switchboard migrate`: creates the keyspace and tables if absent (idempotent).
+/// `switchboard migrate`: creates the keyspace and tables if absent, and adds the columns
+/// that an earlier version's tables lack (idempotent).
 #[derive(Debug, clap::Args)]
 struct MigrateArgs {
     /// TOML config file (its `[cql]` section: replication, consistency, ...).

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_cluster::Bus;
 use switchboard_proto::codec::DecodeLimits;
+use switchboard_proto::ids::UserId;
 use switchboard_proto::limits::Limits;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,8 +18,14 @@ use tokio_util::task::TaskTracker;
 use crate::actors::Directory;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::feeds::FeedIndex;
+use crate::groups::GroupCache;
+use crate::presence::PresenceHub;
 use crate::sessions::Sessions;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, StoreResult};
+
+/// Users whose token revocation time this node remembers.
+const REVOCATION_CACHE_ENTRIES: usize = 100_000;
 
 /// Shared state of one server process.
 #[derive(Debug)]
@@ -28,6 +35,12 @@ pub struct Node {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
     pub sessions: Sessions,
+    pub groups: GroupCache,
+    pub feeds: FeedIndex,
+    pub presence: PresenceHub,
+    /// `revoked_before` of recently seen users (`None`: never revoked), in front of the
+    /// store: the upgrade checks it for every connection.
+    revocations: quick_cache::sync::Cache<UserId, Option<u64>>,
     pub auth: Authenticator,
     pub directory: Directory,
     pub decode_limits: DecodeLimits,
@@ -62,10 +75,13 @@ impl Node {
         };
         Self {
             node_id: config.node_id(),
-            config,
             store,
             bus,
             sessions: Sessions::new(),
+            groups: GroupCache::new(config.groups.cache_entries),
+            feeds: FeedIndex::new(),
+            presence: PresenceHub::new(),
+            revocations: quick_cache::sync::Cache::new(REVOCATION_CACHE_ENTRIES),
             auth,
             directory,
             decode_limits,
@@ -80,12 +96,33 @@ impl Node {
                 .ok()
                 .filter(|token| !token.is_empty())
                 .map(crate::admin::AdminToken::new),
+            config,
         }
     }
 
     /// A connection id unique within this process.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The time (ms) before which `user`'s tokens are refused, if their tokens were
+    /// revoked.
+    pub async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        if let Some(cached) = self.revocations.get(user) {
+            return Ok(cached);
+        }
+        let before = self.store.revoked_before(user).await?;
+        self.revocations.insert(user.clone(), before);
+        Ok(before)
+    }
+
+    /// Refuses `user`'s tokens issued before `before_ms` (durable on return).
+    pub async fn revoke(&self, user: &UserId, before_ms: u64) -> StoreResult<()> {
+        self.store.revoke_before(user, before_ms).await?;
+        // The store keeps the maximum; so does the cache.
+        let before = self.revocations.get(user).flatten().map_or(before_ms, |cached| cached.max(before_ms));
+        self.revocations.insert(user.clone(), Some(before));
+        Ok(())
     }
 
     /// The limits announced in `hello`.

@@ -28,6 +28,8 @@ pub struct DeviceSession {
     /// connection of the same device.
     pub conn_id: u64,
     pub outbox: Arc<Outbox>,
+    /// `iat` of the connection's token (seconds), for revocation.
+    pub issued_at: Option<u64>,
 }
 
 /// The connected devices of every user on this node.
@@ -144,6 +146,25 @@ impl Sessions {
         devices.len()
     }
 
+    /// Closes with 1008 every connection of `user` whose token was issued before
+    /// `before_ms` (or has no `iat`); returns how many.
+    pub fn close_revoked(&self, user: &UserId, before_ms: u64) -> usize {
+        let revoked: Vec<DeviceSession> = self
+            .devices(user)
+            .into_iter()
+            .filter(|session| crate::auth::issued_before(session.issued_at, before_ms))
+            .collect();
+        for session in &revoked {
+            session.outbox.close(CloseCode::Policy);
+        }
+        revoked.len()
+    }
+
+    /// The users with a device on this node (a snapshot).
+    pub fn online_users(&self) -> Vec<UserId> {
+        self.users.iter().map(|entry| entry.key().clone()).collect()
+    }
+
     /// Every outbox on this node (a snapshot), for the shutdown drain.
     pub fn all_outboxes(&self) -> Vec<Arc<Outbox>> {
         self.users
@@ -166,7 +187,12 @@ mod tests {
     use super::*;
 
     fn session(device: &str, conn_id: u64) -> DeviceSession {
-        DeviceSession { device: DeviceId::new(device).unwrap(), conn_id, outbox: Arc::new(Outbox::new(8, 1024)) }
+        DeviceSession {
+            device: DeviceId::new(device).unwrap(),
+            conn_id,
+            outbox: Arc::new(Outbox::new(8, 1024)),
+            issued_at: Some(conn_id),
+        }
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! The trait is shaped like DESIGN section 6 (the CQL layout) so the embedded store and
 //! the CQL store answer the same questions the same way:
 //!
-//! | table        | key                               | value                                  |
-//! |--------------|-----------------------------------|----------------------------------------|
-//! | `messages`   | (conv, bucket), seq               | the encoded `msg` frame, cmid          |
-//! | `conv_meta`  | conv                              | last seq, owner epoch, kind, members   |
-//! | `dedup`      | (conv, from, cmid)                | seq, mid, ts (expires after a TTL)     |
-//! | `cursors`    | (user, device), conv              | delivered seq of that device           |
-//! | `receipts`   | conv, user                        | delivered and read high-water marks    |
-//! | `user_convs` | user, conv                        | membership index that resume reads     |
+//! | table         | key                  | value                                      |
+//! |---------------|----------------------|--------------------------------------------|
+//! | `messages`    | (conv, bucket), seq  | the encoded `msg` frame, cmid              |
+//! | `conv_meta`   | conv                 | last seq, owner epoch, kind, members, name |
+//! | `dedup`       | (conv, from, cmid)   | seq, mid, ts (expires after a TTL)         |
+//! | `cursors`     | (user, device), conv | delivered seq of that device               |
+//! | `receipts`    | conv, user           | delivered and read high-water marks        |
+//! | `user_convs`  | user, conv           | membership index that resume reads         |
+//! | `presence`    | user                 | last seen (ms)                             |
+//! | `revocations` | user                 | tokens issued before (ms) are refused      |
 //!
 //! # Durability
 //!
@@ -19,9 +21,15 @@
 //! the sender right after. A batch is atomic: either every message of it is stored or
 //! none is, so the sequencer may reuse the seqs of a failed batch.
 //!
-//! Cursor and receipt writes are not fsynced on their own: losing one only means a
-//! message is delivered again, which the at-least-once contract allows. They become
-//! durable with the next append or at shutdown ([`MessageStore::flush`]).
+//! Cursor, receipt and last-seen writes are not fsynced on their own: losing a cursor or
+//! a receipt only means a message is delivered again, which the at-least-once contract
+//! allows, and losing a last-seen time only shows an older one. They become durable with
+//! the next append or at shutdown ([`MessageStore::flush`]). A revocation
+//! ([`MessageStore::revoke_before`]) is durable when the call returns, like an append:
+//! the caller tells the operator that the tokens are refused.
+//!
+//! Cursors, receipt marks, last-seen times and revocations are max-registers: a write
+//! never lowers the stored value, so writes may race and arrive in any order.
 //!
 //! Every write is idempotent (same key, same value) so it may be retried.
 
@@ -67,6 +75,15 @@ pub struct ConvMeta {
     pub epoch: u64,
     /// Members of a group (empty for dms and feeds: dm members are in the id).
     pub members: Vec<UserId>,
+    /// A group's name (`None` for dms, feeds, and groups never created).
+    pub name: Option<String>,
+}
+
+/// A group's name and member list, as stored in `conv_meta`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMeta {
+    pub name: String,
+    pub members: Vec<UserId>,
 }
 
 /// One message handed to [`MessageStore::append`].
@@ -94,6 +111,13 @@ pub struct AppendBatch {
     /// Users to add to the `user_convs` index in the same batch (first message of a dm,
     /// new group members).
     pub index_users: Vec<UserId>,
+    /// Users to remove from the `user_convs` index in the same batch (removed group
+    /// members). A user in both lists ends up removed.
+    pub unindex_users: Vec<UserId>,
+    /// A group's new name and member list, stored in `conv_meta` with the batch (a
+    /// membership change is a system message plus this, atomically). `None` keeps the
+    /// stored ones.
+    pub group: Option<GroupMeta>,
 }
 
 impl AppendBatch {
@@ -146,11 +170,12 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     async fn load_conv(&self, conv: &ConvId) -> StoreResult<Option<ConvMeta>>;
 
     /// Stores a batch atomically and durably, together with `conv_meta.last_seq`, the
-    /// dedup entries of messages that carry a `cmid`, and the `user_convs` entries.
+    /// dedup entries of messages that carry a `cmid`, the `user_convs` entries added and
+    /// removed, and the group's name and members when the batch changes them.
+    ///
+    /// A retry of a stored batch (same seqs, the same messages byte for byte) is
+    /// accepted and writes nothing, so it cannot undo what later batches changed.
     async fn append(&self, batch: AppendBatch) -> StoreResult<()>;
-
-    /// Replaces a group's member list in `conv_meta` (durable on return).
-    async fn set_members(&self, conv: &ConvId, members: &[UserId]) -> StoreResult<()>;
 
     /// The earlier send of `cmid` by `from` in `conv`, if one is stored and not expired.
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>>;
@@ -183,6 +208,19 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every member's receipt marks in `conv`.
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>>;
+
+    /// Raises a user's `last_seen` to `at_ms`; never lowers it.
+    async fn set_last_seen(&self, user: &UserId, at_ms: u64) -> StoreResult<()>;
+
+    /// When the user was last seen online, if ever.
+    async fn last_seen(&self, user: &UserId) -> StoreResult<Option<u64>>;
+
+    /// Refuses the user's tokens issued before `before_ms` from now on (durable on
+    /// return). Raises the stored time; never lowers it.
+    async fn revoke_before(&self, user: &UserId, before_ms: u64) -> StoreResult<()>;
+
+    /// The time before which the user's tokens are refused, if any were revoked.
+    async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>>;
 
     /// Cheap round trip for `/readyz`.
     async fn health(&self) -> StoreResult<()>;

@@ -34,11 +34,13 @@ pub enum ClientFrame {
     PresenceUnsub(PresenceSubFrame),
     Typing(TypingFrame),
     Ping(PingFrame),
+    /// Extension of v1: per-member receipt marks of a conversation.
+    Receipts(ReceiptsFrame),
 }
 
 impl ClientFrame {
     /// Every wire `type` a client may send, for error messages and docs.
-    pub const TYPE_NAMES: [&'static str; 13] = [
+    pub const TYPE_NAMES: [&'static str; 14] = [
         "send",
         "receipt",
         "sync",
@@ -52,6 +54,7 @@ impl ClientFrame {
         "presence_unsub",
         "typing",
         "ping",
+        "receipts",
     ];
 
     /// The wire `type` of this frame.
@@ -70,6 +73,7 @@ impl ClientFrame {
             ClientFrame::PresenceUnsub(_) => "presence_unsub",
             ClientFrame::Typing(_) => "typing",
             ClientFrame::Ping(_) => "ping",
+            ClientFrame::Receipts(_) => "receipts",
         }
     }
 
@@ -86,6 +90,7 @@ impl ClientFrame {
             ClientFrame::Unsubscribe(frame) => &frame.r#ref,
             ClientFrame::PresenceSub(frame) | ClientFrame::PresenceUnsub(frame) => &frame.r#ref,
             ClientFrame::Ping(frame) => &frame.r#ref,
+            ClientFrame::Receipts(frame) => &frame.r#ref,
             ClientFrame::Receipt(_) | ClientFrame::Typing(_) => return None,
         };
         reference.as_deref()
@@ -101,6 +106,7 @@ impl ClientFrame {
             ClientFrame::Subscribe(frame) => Some(&frame.conv),
             ClientFrame::Unsubscribe(frame) => Some(&frame.conv),
             ClientFrame::Typing(frame) => Some(&frame.conv),
+            ClientFrame::Receipts(frame) => Some(&frame.conv),
             ClientFrame::Sync(_)
             | ClientFrame::GroupCreate(_)
             | ClientFrame::PresenceSub(_)
@@ -270,6 +276,16 @@ pub struct PingFrame {
     pub r#ref: Option<String>,
 }
 
+/// `receipts` (extension of v1): every member's delivered and read marks in `conv`,
+/// answered by a `receipts` frame. Groups relay only aggregated receipts live; this is
+/// how a client learns who has delivered or read up to which seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptsFrame {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    pub conv: ConvId,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +329,7 @@ mod tests {
             ClientFrame::PresenceSub(PresenceSubFrame { r#ref: None, users: vec![] }),
             ClientFrame::PresenceUnsub(PresenceSubFrame { r#ref: None, users: vec![] }),
             ClientFrame::Typing(TypingFrame { conv: conv("group:g"), state: TypingState::Start }),
+            ClientFrame::Receipts(ReceiptsFrame { r#ref: None, conv: conv("group:g") }),
         ];
         for frame in frames {
             let value: serde_json::Value = serde_json::to_value(&frame).unwrap();

@@ -98,6 +98,30 @@ pub struct ReceiptEvent {
     pub kind: ReceiptKind,
     pub seq: u64,
     pub ts: u64,
+    /// Extension of v1, groups only: every member has reached `seq` (`user` is the member
+    /// whose receipt completed it). Large groups relay only these aggregated receipts;
+    /// per-member marks are read with a `receipts` request.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all: bool,
+}
+
+/// `receipts` (extension of v1): the reply to a `receipts` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "receipts")]
+pub struct Receipts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+    pub conv: ConvId,
+    /// Members with any mark, by user id.
+    pub members: Vec<MemberReceipts>,
+}
+
+/// One member's receipt high-water marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReceipts {
+    pub user: UserId,
+    pub delivered: u64,
+    pub read: u64,
 }
 
 /// `synced`: the end of a resume or `sync` replay, with each conversation's latest seq.
@@ -242,6 +266,7 @@ pub enum ServerFrame {
     Typing(TypingEvent),
     Error(ErrorFrame),
     Pong(Pong),
+    Receipts(Receipts),
 }
 
 impl ServerFrame {
@@ -261,6 +286,7 @@ impl ServerFrame {
             ServerFrame::Typing(_) => "typing",
             ServerFrame::Error(_) => "error",
             ServerFrame::Pong(_) => "pong",
+            ServerFrame::Receipts(_) => "receipts",
         }
     }
 
@@ -275,6 +301,7 @@ impl ServerFrame {
             ServerFrame::Unsubscribed(frame) => &frame.r#ref,
             ServerFrame::Error(frame) => &frame.r#ref,
             ServerFrame::Pong(frame) => &frame.r#ref,
+            ServerFrame::Receipts(frame) => &frame.r#ref,
             ServerFrame::Hello(_)
             | ServerFrame::Msg(_)
             | ServerFrame::Receipt(_)
@@ -318,6 +345,7 @@ into_server_frame!(
     Typing(TypingEvent),
     Error(ErrorFrame),
     Pong(Pong),
+    Receipts(Receipts),
 );
 
 #[cfg(test)]

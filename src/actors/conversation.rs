@@ -1,20 +1,31 @@
 //! The conversation actor: the single writer that sequences one conversation.
 //!
 //! Only this actor assigns a conversation's seqs (1, 2, 3, ... no gaps). A send is
-//! deduplicated by `(from, cmid)`, given the next seq and a `mid`, encoded once as a `msg`
-//! frame, and queued. One batch per conversation is written at a time; sends arriving
-//! meanwhile form the next batch (group commit per conversation, on top of the store's
-//! group commit across conversations).
+//! authorized (group members only), deduplicated by `(from, cmid)`, given the next seq and
+//! a `mid`, encoded once as a `msg` frame, and queued. One batch per conversation is
+//! written at a time; sends arriving meanwhile form the next batch (group commit per
+//! conversation, on top of the store's group commit across conversations).
 //!
-//! The write runs in its own task, which, once the batch is durable, acks each sender and
-//! pushes the frames to every recipient device: the ack and the fanout never depend on
-//! this actor surviving. The task then reports back ([`ConvMsg::Written`]) so the actor
-//! can start the next batch.
+//! Group membership changes (`group_create`, `group_add`, `group_remove`) go through the
+//! same queue as system messages: each is written in a batch of its own together with the
+//! new member list, so the log says exactly which messages were sent before and after a
+//! change, and a change is applied to authorization the moment it is sequenced.
+//!
+//! The write runs in its own task ([`write`]), which, once the batch is durable, acks each
+//! sender and pushes the frames to every recipient device: the ack and the fanout never
+//! depend on this actor surviving. The task then reports back ([`ConvMsg::Written`]) so
+//! the actor can start the next batch.
 //!
 //! A failed write fails its batch and everything queued behind it with `unavailable`
-//! (clients retry with the same `cmid`), and the actor reloads `last_seq` from the store
+//! (clients retry with the same `cmid`), and the actor reloads its state from the store
 //! before sequencing again. The store refuses a batch that does not continue its stored
 //! `last_seq`, which fences a stale sequencer (an earlier incarnation still writing).
+//!
+//! Groups also aggregate receipts here ([`ConvMsg::Mark`]): when every member has
+//! delivered (or read) up to a seq, the members get one `receipt` with `"all": true`.
+
+mod group;
+mod write;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,16 +34,16 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::value::RawValue;
 use switchboard_proto::codec;
-use switchboard_proto::ids::{ConvId, DeviceId, UserId};
+use switchboard_proto::ids::{ConvId, ConvKind, DeviceId, UserId};
 use switchboard_proto::server::Msg;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use self::group::{GroupChange, GroupReply, GroupRequest};
+use self::group::{GroupMarks, MembershipChange};
+use self::write::WriteTask;
+use crate::groups::GroupInfo;
 use crate::node::{Node, now_ms};
-use crate::store::{AppendBatch, NewMessage};
-
-/// How long a store append may take before its batch fails with `unavailable`.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::store::{MarkKind, NewMessage};
 
 /// What a sender learns about an accepted send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +54,19 @@ pub struct Accepted {
     pub dup: bool,
 }
 
-/// Why a send was not accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a send or a membership change was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     #[error("the message store is unavailable; retry with the same cmid")]
     Unavailable,
-    #[error("the conversation has too many sends queued; retry later")]
+    #[error("the conversation has too many requests queued; retry later")]
     Overloaded,
+    #[error("you are not a member of this conversation")]
+    Forbidden,
+    #[error("no such conversation")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type SendReply = oneshot::Sender<Result<Accepted, SendError>>;
@@ -64,14 +81,24 @@ pub struct SendRequest {
     pub cmid: Option<String>,
     pub body: Box<RawValue>,
     pub system: bool,
+    /// Published through the admin API: not subject to group membership.
+    pub admin: bool,
     pub reply: SendReply,
 }
 
 #[derive(Debug)]
 pub enum ConvMsg {
     Send(SendRequest),
+    /// Create a group, or add or remove members.
+    Group(GroupRequest),
+    /// A member's receipt mark moved (groups: aggregated receipts).
+    Mark {
+        user: UserId,
+        kind: MarkKind,
+        seq: u64,
+    },
     /// From the write task: a batch ended.
-    Written(WriteOutcome),
+    Written(write::WriteOutcome),
     /// Periodic: hibernate when idle.
     Tick,
     /// Test hook: the actor panics, as a bug would make it.
@@ -79,22 +106,39 @@ pub enum ConvMsg {
     Crash,
 }
 
-/// What a write task reports back.
-#[derive(Debug)]
-pub struct WriteOutcome {
-    /// The last seq of the batch when it is durable; `None` when it failed.
-    durable_seq: Option<u64>,
-    /// The acks of the sends that carried a `cmid`.
-    acks: Vec<(DedupKey, Accepted)>,
-    keys: Vec<DedupKey>,
-}
-
 type DedupKey = (UserId, String);
 
+/// Who gets a conversation's messages live.
+#[derive(Debug, Clone)]
+enum Recipients {
+    /// Every device of these users (dm members, group members at the time of the send).
+    Users(Arc<[UserId]>),
+    /// The feed's subscribers online on this node.
+    Feed,
+}
+
+/// A message about to be sequenced.
+struct Draft {
+    from: UserId,
+    dev: DeviceId,
+    conn_id: Option<u64>,
+    cmid: Option<String>,
+    body: Box<RawValue>,
+    system: bool,
+}
+
+/// A sequenced message waiting for its write.
 struct Pending {
     message: NewMessage,
     conn_id: Option<u64>,
-    reply: SendReply,
+    recipients: Recipients,
+    reply: PendingReply,
+}
+
+enum PendingReply {
+    Send(SendReply),
+    /// A membership change: written in a batch of its own with the new member list.
+    Group(MembershipChange),
 }
 
 /// The sequencer of one conversation.
@@ -109,7 +153,13 @@ pub struct ConvState {
     /// Highest seq known durable.
     durable_seq: u64,
     epoch: u64,
-    /// Queued sends not yet handed to a write.
+    /// The members of a dm (fixed by its id).
+    dm_members: Arc<[UserId]>,
+    /// A group's name and members as sequenced so far (`None`: no such group).
+    group: Option<Arc<GroupInfo>>,
+    /// A group's receipt marks, loaded on the first receipt.
+    marks: Option<GroupMarks>,
+    /// Queued requests not yet handed to a write.
     pending: Vec<Pending>,
     writing: bool,
     /// `(from, cmid)` of sends in `pending` or being written, and later duplicates
@@ -118,7 +168,7 @@ pub struct ConvState {
     /// Recently acknowledged `(from, cmid)`s, oldest first, bounded.
     recent: HashMap<DedupKey, Accepted>,
     recent_order: VecDeque<DedupKey>,
-    /// The store failed: reload `last_seq` before sequencing again.
+    /// The store failed: reload before sequencing again.
     reload: bool,
     last_work: Instant,
     /// Dropped with the state, which stops the clock.
@@ -148,27 +198,35 @@ impl Actor for ConvActor {
         myself: ActorRef<Self::Msg>,
         (node, conv): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let meta = node.store.load_conv(&conv).await?;
-        let (last_seq, epoch) = meta.map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
         let idle = Duration::from_millis(node.config.actors.conv_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || ConvMsg::Tick);
         let live = super::LiveActor::new(node.clone(), super::ActorKind::Conv);
-        Ok(ConvState {
+        let dm_members = match conv.dm_members() {
+            Some((a, b)) if a == b => vec![a],
+            Some((a, b)) => vec![a, b],
+            None => Vec::new(),
+        };
+        let mut state = ConvState {
             node,
             conv,
-            assigned_seq: last_seq,
-            durable_seq: last_seq,
-            epoch,
+            assigned_seq: 0,
+            durable_seq: 0,
+            epoch: 0,
+            dm_members: dm_members.into(),
+            group: None,
+            marks: None,
             pending: Vec::new(),
             writing: false,
             unresolved: HashMap::new(),
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
-            reload: false,
+            reload: true,
             last_work: Instant::now(),
             _ticker: ticker,
             _live: live,
-        })
+        };
+        state.reload().await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -179,6 +237,8 @@ impl Actor for ConvActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ConvMsg::Send(request) => state.on_send(&myself, request).await,
+            ConvMsg::Group(request) => state.on_group(&myself, request).await,
+            ConvMsg::Mark { user, kind, seq } => state.on_mark(user, kind, seq).await,
             ConvMsg::Written(outcome) => state.on_written(&myself, outcome),
             ConvMsg::Tick => state.on_tick(&myself),
             #[cfg(test)]
@@ -189,6 +249,55 @@ impl Actor for ConvActor {
 }
 
 impl ConvState {
+    /// Loads the conversation's head and, for a group, its members from the store.
+    async fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+        let meta = self.node.store.load_conv(&self.conv).await?;
+        let (last_seq, epoch) = meta.as_ref().map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
+        self.assigned_seq = last_seq;
+        self.durable_seq = last_seq;
+        self.epoch = epoch;
+        if self.conv.kind() == ConvKind::Group {
+            self.group = meta.and_then(|meta| Some(GroupInfo::new(meta.name?, meta.members))).map(Arc::new);
+            self.marks = None;
+        }
+        self.reload = false;
+        Ok(())
+    }
+
+    /// Reloads after a failed write; `false` (and a log line) if the store is still down.
+    async fn ensure_loaded(&mut self) -> bool {
+        if !self.reload {
+            return true;
+        }
+        match self.reload().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(conv = %self.conv, %error, "cannot reload conversation");
+                false
+            }
+        }
+    }
+
+    /// Who gets a message sequenced now.
+    fn recipients(&self) -> Recipients {
+        match self.conv.kind() {
+            ConvKind::Dm => Recipients::Users(self.dm_members.clone()),
+            ConvKind::Group => {
+                Recipients::Users(self.group.as_ref().map_or_else(|| Arc::from([]), |group| group.members.clone()))
+            }
+            ConvKind::Feed => Recipients::Feed,
+        }
+    }
+
+    /// Whether the queue has room for one more request.
+    fn has_room(&self) -> bool {
+        if self.pending.len() < self.node.config.actors.conv_max_pending {
+            return true;
+        }
+        metrics::counter!("switchboard_sends_refused_total", "reason" => "overloaded").increment(1);
+        false
+    }
+
     async fn on_send(&mut self, myself: &ActorRef<ConvMsg>, request: SendRequest) {
         self.last_work = Instant::now();
         let key = request.cmid.as_ref().map(|cmid| (request.from.clone(), cmid.clone()));
@@ -202,14 +311,24 @@ impl ConvState {
                 return;
             }
         }
-        if self.pending.len() >= self.node.config.actors.conv_max_pending {
-            metrics::counter!("switchboard_sends_refused_total", "reason" => "overloaded").increment(1);
+        if !self.has_room() {
             let _ = request.reply.send(Err(SendError::Overloaded));
             return;
         }
-        if self.reload && !self.reload_last_seq().await {
+        if !self.ensure_loaded().await {
             let _ = request.reply.send(Err(SendError::Unavailable));
             return;
+        }
+        if self.conv.kind() == ConvKind::Group {
+            let refusal = match &self.group {
+                None => Some(SendError::NotFound),
+                Some(group) if !request.admin && !group.is_member(&request.from) => Some(SendError::Forbidden),
+                Some(_) => None,
+            };
+            if let Some(refusal) = refusal {
+                let _ = request.reply.send(Err(refusal));
+                return;
+            }
         }
         if let (Some(key), Some(cmid)) = (&key, &request.cmid) {
             match self.node.store.find_dedup(&self.conv, &request.from, cmid).await {
@@ -227,6 +346,18 @@ impl ConvState {
                 }
             }
         }
+        if let Some(key) = key {
+            self.unresolved.insert(key, Vec::new());
+        }
+        let recipients = self.recipients();
+        let SendRequest { from, dev, conn_id, cmid, body, system, reply, .. } = request;
+        let draft = Draft { from, dev, conn_id, cmid, body, system };
+        self.enqueue(myself, draft, recipients, PendingReply::Send(reply));
+    }
+
+    /// Gives a message the next seq, encodes its `msg` frame once, and queues it.
+    fn enqueue(&mut self, myself: &ActorRef<ConvMsg>, draft: Draft, recipients: Recipients, reply: PendingReply) {
+        let Draft { from, dev, conn_id, cmid, body, system } = draft;
         let seq = self.assigned_seq + 1;
         self.assigned_seq = seq;
         let mid = ulid::Ulid::new().to_string();
@@ -235,39 +366,21 @@ impl ConvState {
             conv: self.conv.clone(),
             seq,
             mid: mid.clone(),
-            from: request.from.clone(),
-            dev: request.dev,
+            from: from.clone(),
+            dev,
             ts,
-            body: request.body,
-            system: request.system,
+            body,
+            system,
         });
-        if let Some(key) = key {
-            self.unresolved.insert(key, Vec::new());
-        }
         self.pending.push(Pending {
-            message: NewMessage { seq, mid, from: request.from, ts, cmid: request.cmid, frame },
-            conn_id: request.conn_id,
-            reply: request.reply,
+            message: NewMessage { seq, mid, from, ts, cmid, frame },
+            conn_id,
+            recipients,
+            reply,
         });
         metrics::gauge!("switchboard_conv_pending").increment(1.0);
         if !self.writing {
             self.start_write(myself);
-        }
-    }
-
-    async fn reload_last_seq(&mut self) -> bool {
-        match self.node.store.load_conv(&self.conv).await {
-            Ok(meta) => {
-                let last_seq = meta.map_or(0, |meta| meta.last_seq);
-                self.assigned_seq = last_seq;
-                self.durable_seq = last_seq;
-                self.reload = false;
-                true
-            }
-            Err(error) => {
-                tracing::warn!(conv = %self.conv, %error, "cannot reload conversation");
-                false
-            }
         }
     }
 
@@ -282,29 +395,34 @@ impl ConvState {
         }
     }
 
-    /// Hands the next batch of pending sends to a write task.
+    /// Hands the next batch of pending requests to a write task. A membership change is
+    /// a batch of its own, so its member list is stored with exactly its message.
     fn start_write(&mut self, myself: &ActorRef<ConvMsg>) {
-        let take = self.pending.len().min(self.node.config.actors.conv_max_batch);
-        if take == 0 {
-            return;
-        }
+        let is_change = |pending: &Pending| matches!(pending.reply, PendingReply::Group(_));
+        let take = match self.pending.first() {
+            None => return,
+            Some(first) if is_change(first) => 1,
+            Some(_) => self
+                .pending
+                .iter()
+                .take(self.node.config.actors.conv_max_batch)
+                .take_while(|pending| !is_change(pending))
+                .count(),
+        };
         let batch: Vec<Pending> = self.pending.drain(..take).collect();
         metrics::gauge!("switchboard_conv_pending").decrement(take as f64);
         self.writing = true;
         // The first message of a dm puts the conversation in both users' inboxes.
-        let index_users = if self.durable_seq == 0 { recipients(&self.conv) } else { Vec::new() };
-        let task = WriteTask {
-            node: self.node.clone(),
-            conv: self.conv.clone(),
-            epoch: self.epoch,
-            index_users,
-            batch,
-            myself: myself.clone(),
+        let index_users = if self.durable_seq == 0 && self.conv.kind() == ConvKind::Dm {
+            self.dm_members.to_vec()
+        } else {
+            Vec::new()
         };
+        let task = WriteTask::new(self.node.clone(), self.conv.clone(), self.epoch, index_users, batch, myself.clone());
         self.node.tasks.spawn(task.run());
     }
 
-    fn on_written(&mut self, myself: &ActorRef<ConvMsg>, outcome: WriteOutcome) {
+    fn on_written(&mut self, myself: &ActorRef<ConvMsg>, outcome: write::WriteOutcome) {
         self.writing = false;
         self.last_work = Instant::now();
         match outcome.durable_seq {
@@ -320,7 +438,7 @@ impl ConvState {
             }
             None => {
                 // The batch is not stored, and everything queued behind it was numbered
-                // after it: fail all of it and renumber from the store.
+                // after it: fail all of it and reload from the store.
                 for key in outcome.keys {
                     for waiting in self.unresolved.remove(&key).unwrap_or_default() {
                         let _ = waiting.send(Err(SendError::Unavailable));
@@ -334,7 +452,7 @@ impl ConvState {
                             let _ = waiting.send(Err(SendError::Unavailable));
                         }
                     }
-                    let _ = pending.reply.send(Err(SendError::Unavailable));
+                    pending.reply.fail(SendError::Unavailable);
                 }
                 self.assigned_seq = self.durable_seq;
                 self.reload = true;
@@ -356,77 +474,15 @@ impl ConvState {
     }
 }
 
-/// One batch on its way to the store, then to the senders and recipients.
-struct WriteTask {
-    node: Arc<Node>,
-    conv: ConvId,
-    epoch: u64,
-    index_users: Vec<UserId>,
-    batch: Vec<Pending>,
-    myself: ActorRef<ConvMsg>,
-}
-
-impl WriteTask {
-    async fn run(self) {
-        let WriteTask { node, conv, epoch, index_users, batch, myself } = self;
-        let keys: Vec<DedupKey> = batch
-            .iter()
-            .filter_map(|pending| {
-                pending.message.cmid.as_ref().map(|cmid| (pending.message.from.clone(), cmid.clone()))
-            })
-            .collect();
-        let append = AppendBatch {
-            conv: conv.clone(),
-            messages: batch.iter().map(|pending| pending.message.clone()).collect(),
-            epoch,
-            index_users,
-        };
-        let started = Instant::now();
-        let result = match tokio::time::timeout(WRITE_TIMEOUT, node.store.append(append)).await {
-            Ok(result) => result.map_err(|error| error.to_string()),
-            Err(_) => Err(format!("append timed out after {WRITE_TIMEOUT:?}")),
-        };
-        metrics::histogram!("switchboard_store_append_seconds").record(started.elapsed().as_secs_f64());
-        if let Err(error) = result {
-            tracing::warn!(conv = %conv, %error, messages = batch.len(), "append failed");
-            metrics::counter!("switchboard_sends_refused_total", "reason" => "unavailable")
-                .increment(batch.len() as u64);
-            for pending in batch {
-                let _ = pending.reply.send(Err(SendError::Unavailable));
+impl PendingReply {
+    fn fail(self, error: SendError) {
+        match self {
+            PendingReply::Send(reply) => {
+                let _ = reply.send(Err(error));
             }
-            let _ = myself.cast(ConvMsg::Written(WriteOutcome { durable_seq: None, acks: Vec::new(), keys }));
-            return;
-        }
-        let durable_seq = batch.last().map(|pending| pending.message.seq);
-        let members = recipients(&conv);
-        let mut acks = Vec::with_capacity(keys.len());
-        for Pending { message, conn_id, reply } in batch {
-            let accepted = Accepted { seq: message.seq, mid: message.mid.clone(), ts: message.ts, dup: false };
-            let _ = reply.send(Ok(accepted.clone()));
-            metrics::counter!("switchboard_acks_total").increment(1);
-            match Utf8Bytes::try_from(message.frame) {
-                Ok(frame) => {
-                    for member in &members {
-                        node.sessions.deliver_message(member, &conv, message.seq, &frame, conn_id);
-                    }
-                }
-                Err(error) => tracing::error!(conv = %conv, %error, "encoded frame is not UTF-8"),
-            }
-            if let Some(cmid) = message.cmid {
-                acks.push(((message.from, cmid), accepted));
+            PendingReply::Group(change) => {
+                let _ = change.reply.send(Err(error));
             }
         }
-        // If the actor is gone (hibernating, crashed) its successor reloads from the
-        // store; the acks and fanout above have happened either way.
-        let _ = myself.cast(ConvMsg::Written(WriteOutcome { durable_seq, acks, keys }));
-    }
-}
-
-/// The users a conversation's messages go to.
-fn recipients(conv: &ConvId) -> Vec<UserId> {
-    match conv.dm_members() {
-        Some((a, b)) if a == b => vec![a],
-        Some((a, b)) => vec![a, b],
-        None => Vec::new(),
     }
 }

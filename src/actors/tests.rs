@@ -40,6 +40,7 @@ async fn send(node: &Arc<Node>, conv: &ConvId, cmid: &str) -> Result<Accepted, S
         cmid: Some(cmid.to_owned()),
         body: RawValue::from_string("\"hi\"".to_owned()).unwrap(),
         system: false,
+        admin: false,
         reply: reply_tx,
     };
     if node.directory.conv(node, conv, ConvMsg::Send(request)).await.is_err() {

@@ -1,15 +1,21 @@
-//! The user actor: one per active user, owning that user's device connections and
-//! delivery cursors.
+//! The user actor: one per active user, owning that user's device connections, delivery
+//! cursors and presence.
 //!
 //! It serializes what must not race for one user: attaching a device (a newer
 //! connection of the same device replaces the older one, which is closed with 4002),
-//! detaching it, and receipts (a device's cursor and the user's delivered/read marks only
-//! move forward, and a mark that moved is relayed to the other members and to the user's
-//! other devices).
+//! detaching it, presence transitions, and receipts (a device's cursor and the user's
+//! delivered/read marks only move forward, and a mark that moved is relayed to the user's
+//! other devices and to the other members: the dm peer, the members of a small group;
+//! larger groups get aggregated receipts from the group's sequencer).
 //!
-//! It hibernates: with no work for `actors.user_idle_ms` it stops, and an idle online user
-//! costs only its registry entry and its connections. Its state is the session registry
-//! and the store, so a restarted or re-woken actor needs nothing handed over.
+//! Presence (see [`crate::presence`]): the first device to attach makes the user online;
+//! when the last one detaches, `last_seen` is stored and the user is reported offline
+//! only if no device came back within `presence.offline_debounce_ms`.
+//!
+//! It hibernates: with no work for `actors.user_idle_ms` (and no offline report pending)
+//! it stops, and an idle online user costs only its registry entry and its connections.
+//! Its state is the session registry and the store, so a restarted or re-woken actor
+//! needs nothing handed over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,10 +23,11 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use switchboard_proto::client::ReceiptKind;
 use switchboard_proto::close::CloseCode;
-use switchboard_proto::ids::{ConvId, DeviceId, UserId};
-use switchboard_proto::server::ReceiptEvent;
+use switchboard_proto::ids::{ConvId, ConvKind, DeviceId, UserId};
+use switchboard_proto::server::{Presence, PresenceStatus, ReceiptEvent};
 use tokio::sync::oneshot;
 
+use super::conversation::ConvMsg;
 use crate::node::{Node, now_ms};
 use crate::sessions::DeviceSession;
 use crate::store::MarkKind;
@@ -33,6 +40,8 @@ pub enum UserMsg {
     Detach { device: DeviceId, conn_id: u64 },
     /// A cumulative receipt from one device.
     Receipt { device: DeviceId, conn_id: u64, conv: ConvId, seq: u64, kind: ReceiptKind },
+    /// The offline debounce of departure number `.0` has passed.
+    OfflineCheck(u64),
     /// Periodic: hibernate when idle.
     Tick,
 }
@@ -40,11 +49,20 @@ pub enum UserMsg {
 #[derive(Debug)]
 pub struct UserActor;
 
+/// The last device left at `at` (ms); the offline report waits for the debounce.
+#[derive(Debug, Clone, Copy)]
+struct Departure {
+    number: u64,
+    at: u64,
+}
+
 #[derive(Debug)]
 pub struct UserState {
     node: Arc<Node>,
     user: UserId,
     last_work: Instant,
+    departures: u64,
+    pending_offline: Option<Departure>,
     /// Dropped with the state, which stops the clock.
     _ticker: super::Ticker,
     _live: super::LiveActor,
@@ -63,7 +81,15 @@ impl Actor for UserActor {
         let idle = Duration::from_millis(node.config.actors.user_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || UserMsg::Tick);
         let live = super::LiveActor::new(node.clone(), super::ActorKind::User);
-        Ok(UserState { node, user, last_work: Instant::now(), _ticker: ticker, _live: live })
+        Ok(UserState {
+            node,
+            user,
+            last_work: Instant::now(),
+            departures: 0,
+            pending_offline: None,
+            _ticker: ticker,
+            _live: live,
+        })
     }
 
     async fn handle(
@@ -74,10 +100,11 @@ impl Actor for UserActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             UserMsg::Attach { session, reply } => state.on_attach(session, reply),
-            UserMsg::Detach { device, conn_id } => state.on_detach(&device, conn_id),
+            UserMsg::Detach { device, conn_id } => state.on_detach(&myself, &device, conn_id).await,
             UserMsg::Receipt { device, conn_id, conv, seq, kind } => {
                 state.on_receipt(&device, conn_id, &conv, seq, kind).await;
             }
+            UserMsg::OfflineCheck(number) => state.on_offline_check(number),
             UserMsg::Tick => state.on_tick(&myself),
         }
         Ok(())
@@ -87,16 +114,57 @@ impl Actor for UserActor {
 impl UserState {
     fn on_attach(&mut self, session: DeviceSession, reply: oneshot::Sender<()>) {
         self.last_work = Instant::now();
+        let was_online = self.node.sessions.is_online(&self.user);
         if let Some(replaced) = self.node.sessions.attach(&self.user, session) {
             tracing::info!(user.id = %self.user, device.id = %replaced.device, "device reconnected, closing the older connection");
             replaced.outbox.close(CloseCode::Replaced);
         }
         let _ = reply.send(());
+        // Back within the debounce: the watchers never heard of the departure.
+        if !was_online && self.pending_offline.take().is_none() {
+            self.announce(PresenceStatus::Online, now_ms());
+        }
     }
 
-    fn on_detach(&mut self, device: &DeviceId, conn_id: u64) {
+    async fn on_detach(&mut self, myself: &ActorRef<UserMsg>, device: &DeviceId, conn_id: u64) {
         self.last_work = Instant::now();
-        self.node.sessions.detach(&self.user, device, conn_id);
+        let detached = self.node.sessions.detach(&self.user, device, conn_id);
+        if !(detached.removed && detached.user_gone) {
+            return;
+        }
+        self.node.feeds.remove_user(&self.user);
+        let at = now_ms();
+        if let Err(error) = self.node.store.set_last_seen(&self.user, at).await {
+            tracing::warn!(user.id = %self.user, %error, "last_seen not stored");
+        }
+        self.departures += 1;
+        let departure = Departure { number: self.departures, at };
+        // A departure already pending keeps its report; this one replaces it.
+        self.pending_offline = Some(departure);
+        let debounce = Duration::from_millis(self.node.config.presence.offline_debounce_ms);
+        let number = departure.number;
+        myself.send_after(debounce, move || UserMsg::OfflineCheck(number));
+    }
+
+    fn on_offline_check(&mut self, number: u64) {
+        let Some(departure) = self.pending_offline.filter(|departure| departure.number == number) else {
+            return;
+        };
+        self.pending_offline = None;
+        self.last_work = Instant::now();
+        if !self.node.sessions.is_online(&self.user) {
+            self.announce(PresenceStatus::Offline, departure.at);
+        }
+    }
+
+    fn announce(&self, status: PresenceStatus, last_seen: u64) {
+        let event = Presence { user: self.user.clone(), status, last_seen };
+        self.node.presence.publish(&event);
+        metrics::counter!("switchboard_presence_changes_total", "status" => match status {
+            PresenceStatus::Online => "online",
+            PresenceStatus::Offline => "offline",
+        })
+        .increment(1);
     }
 
     async fn on_receipt(&mut self, device: &DeviceId, conn_id: u64, conv: &ConvId, seq: u64, kind: ReceiptKind) {
@@ -118,34 +186,62 @@ impl UserState {
             tracing::warn!(user.id = %self.user, %conv, %error, "cursor not advanced");
             return;
         }
+        // A feed's readers are its subscribers: only their cursors matter.
+        if conv.kind() == ConvKind::Feed {
+            return;
+        }
         let mark = match kind {
             ReceiptKind::Delivered => MarkKind::Delivered,
             ReceiptKind::Read => MarkKind::Read,
         };
         match store.advance_mark(conv, &self.user, mark, seq).await {
-            Ok(true) => self.relay(conv, conn_id, seq, kind),
+            Ok(true) => self.relay(conv, conn_id, seq, kind, mark).await,
             Ok(false) => {}
             Err(error) => tracing::warn!(user.id = %self.user, %conv, %error, "receipt mark not advanced"),
         }
     }
 
-    /// Tells the other members, and this user's other devices, that a mark moved.
-    fn relay(&self, conv: &ConvId, conn_id: u64, seq: u64, kind: ReceiptKind) {
-        let event = ReceiptEvent { conv: conv.clone(), user: self.user.clone(), kind, seq, ts: now_ms() };
+    /// Tells this user's other devices, and the other members, that a mark moved.
+    async fn relay(&self, conv: &ConvId, conn_id: u64, seq: u64, kind: ReceiptKind, mark: MarkKind) {
+        let event = ReceiptEvent { conv: conv.clone(), user: self.user.clone(), kind, seq, ts: now_ms(), all: false };
         let frame = crate::gateway::connection::frame(&event);
         let sessions = &self.node.sessions;
         sessions.deliver(&self.user, &frame, Some(conn_id));
-        if let Some(peer) = conv.dm_peer(&self.user)
-            && peer != self.user
-        {
-            sessions.deliver(&peer, &frame, None);
+        match conv.kind() {
+            ConvKind::Dm => {
+                if let Some(peer) = conv.dm_peer(&self.user)
+                    && peer != self.user
+                {
+                    sessions.deliver(&peer, &frame, None);
+                }
+            }
+            ConvKind::Group => {
+                let group = match self.node.groups.get(self.node.store.as_ref(), conv).await {
+                    Ok(Some(group)) => group,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::debug!(%conv, %error, "group members unavailable; receipt not relayed");
+                        return;
+                    }
+                };
+                if group.members.len() <= self.node.config.groups.receipt_relay_max_members {
+                    for member in group.members.iter().filter(|member| **member != self.user) {
+                        sessions.deliver(member, &frame, None);
+                    }
+                }
+                let message = ConvMsg::Mark { user: self.user.clone(), kind: mark, seq };
+                if let Err(error) = self.node.directory.conv(&self.node, conv, message).await {
+                    tracing::debug!(%conv, %error, "group receipt not aggregated");
+                }
+            }
+            ConvKind::Feed => {}
         }
         metrics::counter!("switchboard_receipts_relayed_total").increment(1);
     }
 
     fn on_tick(&mut self, myself: &ActorRef<UserMsg>) {
         let idle = Duration::from_millis(self.node.config.actors.user_idle_ms);
-        if self.last_work.elapsed() < idle {
+        if self.pending_offline.is_some() || self.last_work.elapsed() < idle {
             return;
         }
         tracing::debug!(user.id = %self.user, "user actor hibernates");

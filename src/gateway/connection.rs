@@ -12,6 +12,14 @@
 //! A connection has at most `gateway.max_inflight_requests` sends waiting for their
 //! acks; past that it stops reading until one completes (backpressure to the client
 //! through TCP instead of an unbounded queue).
+//!
+//! Every request naming a conversation is authorized first ([`Connection::authorize`]):
+//! dm members by the id, group members from the node's group cache, feeds readable by
+//! anyone and writable with a publish grant. Groups and feeds are handled in
+//! [`membership`], presence, typing and receipt queries in [`ephemeral`].
+
+mod ephemeral;
+mod membership;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -25,12 +33,12 @@ use futures_util::{Future, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use switchboard_proto::client::{ClientFrame, HistoryFrame, ReceiptFrame, SendFrame, SyncFrame, TypingFrame};
+use switchboard_proto::client::{ClientFrame, HistoryFrame, ReceiptFrame, SendFrame, SyncFrame};
 use switchboard_proto::close::CloseCode;
 use switchboard_proto::codec;
 use switchboard_proto::error::ErrorCode;
-use switchboard_proto::ids::{ConvId, ConvKind};
-use switchboard_proto::server::{Ack, ErrorFrame, Hello, Pong, Synced, TypingEvent};
+use switchboard_proto::ids::{ConvId, ConvKind, UserId};
+use switchboard_proto::server::{Ack, ErrorFrame, Hello, Pong, Synced};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -74,6 +82,10 @@ struct Connection {
     opened: Instant,
     /// Milliseconds after `opened` of the last frame received (any kind).
     last_rx_ms: AtomicU64,
+    /// Users this connection watches (`presence_sub`), unwatched when it closes.
+    watched: std::sync::Mutex<Vec<UserId>>,
+    /// The `typing` rate limit, created on the first `typing`.
+    typing_limit: std::sync::OnceLock<ephemeral::RateLimit>,
 }
 
 /// Runs a connection to its end. Returns when the socket is closed.
@@ -95,6 +107,8 @@ pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Opti
         outbox,
         opened: Instant::now(),
         last_rx_ms: AtomicU64::new(0),
+        watched: std::sync::Mutex::new(Vec::new()),
+        typing_limit: std::sync::OnceLock::new(),
     };
     connection.serve(socket).instrument(span).await;
 }
@@ -143,6 +157,7 @@ impl Connection {
                 let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
             }
         }
+        self.unwatch_all();
         if attached.is_ok() {
             self.detach().await;
         }
@@ -151,7 +166,12 @@ impl Connection {
     }
 
     fn session(&self) -> DeviceSession {
-        DeviceSession { device: self.identity.device.clone(), conn_id: self.conn_id, outbox: self.outbox.clone() }
+        DeviceSession {
+            device: self.identity.device.clone(),
+            conn_id: self.conn_id,
+            outbox: self.outbox.clone(),
+            issued_at: self.identity.issued_at,
+        }
     }
 
     async fn attach(&self) -> Result<(), AttachFailed> {
@@ -312,12 +332,43 @@ impl Connection {
         self.push(frame(&error));
     }
 
-    /// Whether this user may read and write `conv`.
-    fn check_member(&self, conv: &ConvId) -> Result<(), (ErrorCode, &'static str)> {
+    /// Whether this user may make `request` about `conv`: `Err` is the error to answer.
+    async fn authorize(&self, request: &ClientFrame, conv: &ConvId) -> Result<(), (ErrorCode, &'static str)> {
+        if matches!(request, ClientFrame::GroupAdd(_) | ClientFrame::GroupRemove(_)) {
+            // The group's sequencer decides who may change it (it also knows changes not
+            // durable yet); only a group that does not exist is refused here, so unknown
+            // ids start no actor.
+            return match self.node.groups.get(self.node.store.as_ref(), conv).await {
+                Ok(None) => Err((ErrorCode::NotFound, "no such group")),
+                _ => Ok(()),
+            };
+        }
+        self.may_read(conv).await?;
+        match (conv.kind(), request) {
+            (ConvKind::Feed, ClientFrame::Send(_)) if !self.identity.may_publish(conv) => {
+                Err((ErrorCode::Forbidden, "your token does not grant publishing to this feed"))
+            }
+            (ConvKind::Feed, ClientFrame::Typing(_)) => Err((ErrorCode::BadRequest, "typing is not relayed in feeds")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this user may read `conv`: dm and group members, anyone for a feed.
+    async fn may_read(&self, conv: &ConvId) -> Result<(), (ErrorCode, &'static str)> {
+        let user = &self.identity.user;
         match conv.kind() {
-            ConvKind::Dm if conv.dm_peer(&self.identity.user).is_some() => Ok(()),
+            ConvKind::Dm if conv.dm_peer(user).is_some() => Ok(()),
             ConvKind::Dm => Err((ErrorCode::Forbidden, "you are not a member of this conversation")),
-            ConvKind::Group | ConvKind::Feed => Err((ErrorCode::NotFound, "no such conversation")),
+            ConvKind::Group => match self.node.groups.get(self.node.store.as_ref(), conv).await {
+                Ok(Some(group)) if group.is_member(user) => Ok(()),
+                Ok(Some(_)) => Err((ErrorCode::Forbidden, "you are not a member of this group")),
+                Ok(None) => Err((ErrorCode::NotFound, "no such group")),
+                Err(error) => {
+                    tracing::warn!(%conv, %error, "group members unavailable");
+                    Err((ErrorCode::Unavailable, "storage unavailable; retry later"))
+                }
+            },
+            ConvKind::Feed => Ok(()),
         }
     }
 
@@ -330,9 +381,10 @@ impl Connection {
             }
         };
         if let Some(conv) = request.conv()
-            && let Err((code, message)) = self.check_member(conv)
+            && let Err((code, message)) = self.authorize(&request, conv).await
         {
-            self.reply_error(request.request_ref(), code, message, None);
+            let retry_after_ms = (code == ErrorCode::Unavailable).then_some(500);
+            self.reply_error(request.request_ref(), code, message, retry_after_ms);
             return None;
         }
         match request {
@@ -340,14 +392,16 @@ impl Connection {
             ClientFrame::Receipt(receipt) => self.on_receipt(receipt).await,
             ClientFrame::Sync(SyncFrame { r#ref, cursors }) => return self.resume(r#ref, cursors).await.err(),
             ClientFrame::History(history) => self.on_history(history).await,
-            ClientFrame::Typing(typing) => self.on_typing(typing),
+            ClientFrame::GroupCreate(create) => self.on_group_create(create).await,
+            ClientFrame::GroupAdd(change) => self.on_group_change(change, true).await,
+            ClientFrame::GroupRemove(change) => self.on_group_change(change, false).await,
+            ClientFrame::Subscribe(subscribe) => return self.on_subscribe(subscribe).await.err(),
+            ClientFrame::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
+            ClientFrame::PresenceSub(watch) => self.on_presence_sub(watch).await,
+            ClientFrame::PresenceUnsub(unwatch) => self.on_presence_unsub(unwatch),
+            ClientFrame::Typing(typing) => self.on_typing(typing).await,
+            ClientFrame::Receipts(query) => self.on_receipts(query).await,
             ClientFrame::Ping(ping) => self.push(frame(&Pong { r#ref: ping.r#ref })),
-            other => self.reply_error(
-                other.request_ref(),
-                ErrorCode::BadRequest,
-                &format!("`{}` is not supported by this server version", other.type_name()),
-                None,
-            ),
         }
         None
     }
@@ -362,6 +416,7 @@ impl Connection {
             cmid: Some(cmid),
             body,
             system: false,
+            admin: false,
             reply: reply_tx,
         };
         if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Send(request)).await {
@@ -389,13 +444,20 @@ impl Connection {
     fn finish_send(&self, (r#ref, conv, result): SendResult) {
         match result {
             Ok(Accepted { seq, mid, ts, dup }) => self.push(frame(&Ack { r#ref, conv, seq, mid, ts, dup })),
-            Err(error @ SendError::Unavailable) => {
-                self.reply_error(r#ref.as_deref(), ErrorCode::Unavailable, &error.to_string(), Some(200));
-            }
-            Err(error @ SendError::Overloaded) => {
-                self.reply_error(r#ref.as_deref(), ErrorCode::Overloaded, &error.to_string(), Some(1000));
-            }
+            Err(error) => self.conv_error(r#ref.as_deref(), &error),
         }
+    }
+
+    /// Answers a refused send or membership change.
+    fn conv_error(&self, r#ref: Option<&str>, error: &SendError) {
+        let (code, retry_after_ms) = match error {
+            SendError::Unavailable => (ErrorCode::Unavailable, Some(200)),
+            SendError::Overloaded => (ErrorCode::Overloaded, Some(1000)),
+            SendError::Forbidden => (ErrorCode::Forbidden, None),
+            SendError::NotFound => (ErrorCode::NotFound, None),
+            SendError::Invalid(_) => (ErrorCode::BadRequest, None),
+        };
+        self.reply_error(r#ref, code, &error.to_string(), retry_after_ms);
     }
 
     async fn on_receipt(&self, receipt: ReceiptFrame) {
@@ -421,19 +483,6 @@ impl Connection {
                 }
             }
             Err(error) => self.store_error(r#ref.as_deref(), &error),
-        }
-    }
-
-    fn on_typing(&self, typing: TypingFrame) {
-        let TypingFrame { conv, state } = typing;
-        let Some(peer) = conv.dm_peer(&self.identity.user) else {
-            return;
-        };
-        let event = frame(&TypingEvent { conv, user: self.identity.user.clone(), state });
-        for session in self.node.sessions.devices(&peer) {
-            if session.conn_id != self.conn_id {
-                let _ = session.outbox.push_ephemeral(event.clone());
-            }
         }
     }
 
@@ -470,44 +519,66 @@ impl Connection {
     ) -> Result<BTreeMap<ConvId, u64>, Replay> {
         let store = &self.node.store;
         let user = &self.identity.user;
-        let mut positions = store.device_cursors(user, &self.identity.device).await?;
+        let device = &self.identity.device;
+        let mut positions = store.device_cursors(user, device).await?;
         let mut convs: BTreeSet<ConvId> = store.user_convs(user).await?.into_iter().collect();
         for (conv, seq) in cursors.unwrap_or_default() {
-            if self.check_member(&conv).is_ok() {
+            if self.may_read(&conv).await.is_ok() {
                 positions.insert(conv.clone(), seq);
                 convs.insert(conv);
             }
         }
-        let page = self.node.config.store_options.resume_page;
-        let wait = self.node.config.gateway.request_timeout();
         let mut heads = BTreeMap::new();
         for conv in convs {
             let last_seq = store.load_conv(&conv).await?.map_or(0, |meta| meta.last_seq);
-            let mut position = positions.get(&conv).copied().unwrap_or(0);
-            while position < last_seq {
-                let messages = store.read_after(&conv, position, page).await?;
-                if messages.is_empty() {
-                    break;
-                }
-                for message in messages {
-                    position = message.seq;
-                    if sent_by(&message.frame, &self.identity) {
-                        continue;
+            let position = match positions.get(&conv) {
+                Some(&position) => position,
+                // A device new to a feed starts at its head, not at its whole history
+                // (`subscribe` with `since` or `history` reach back further).
+                None if conv.kind() == ConvKind::Feed => {
+                    if last_seq > 0 {
+                        store.advance_cursor(user, device, &conv, last_seq).await?;
                     }
-                    let Ok(frame) = Utf8Bytes::try_from(message.frame) else {
-                        tracing::error!(%conv, seq = message.seq, "stored frame is not UTF-8; skipped");
-                        continue;
-                    };
-                    if self.outbox.push_wait(frame, wait).await != Push::Queued {
-                        return Err(Replay::Closing);
-                    }
-                    metrics::counter!("switchboard_replayed_total").increment(1);
+                    last_seq
                 }
+                None => 0,
+            };
+            if conv.kind() == ConvKind::Feed {
+                self.node.feeds.add(&conv, user);
             }
+            let position = self.replay_conv(&conv, position, last_seq).await?;
             replayed.insert(conv.clone(), position);
             heads.insert(conv, last_seq);
         }
         Ok(heads)
+    }
+
+    /// Pushes the stored messages of `conv` after `position` up to `last_seq` (except
+    /// this device's own); returns the last seq replayed past.
+    async fn replay_conv(&self, conv: &ConvId, mut position: u64, last_seq: u64) -> Result<u64, Replay> {
+        let page = self.node.config.store_options.resume_page;
+        let wait = self.node.config.gateway.request_timeout();
+        while position < last_seq {
+            let messages = self.node.store.read_after(conv, position, page).await?;
+            if messages.is_empty() {
+                break;
+            }
+            for message in messages {
+                position = message.seq;
+                if sent_by(&message.frame, &self.identity) {
+                    continue;
+                }
+                let Ok(frame) = Utf8Bytes::try_from(message.frame) else {
+                    tracing::error!(%conv, seq = message.seq, "stored frame is not UTF-8; skipped");
+                    continue;
+                };
+                if self.outbox.push_wait(frame, wait).await != Push::Queued {
+                    return Err(Replay::Closing);
+                }
+                metrics::counter!("switchboard_replayed_total").increment(1);
+            }
+        }
+        Ok(position)
     }
 }
 

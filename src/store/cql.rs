@@ -16,16 +16,21 @@
 //!
 //! `deploy/cql/schema.cql` is the single source of truth for the DDL; it is embedded
 //! with `include_str!` and applied by [`CqlStore::migrate`] (`switchboard migrate`),
-//! idempotently (`IF NOT EXISTS`). Tables, after DESIGN section 6:
+//! idempotently: tables with `IF NOT EXISTS`, and columns added after the first release
+//! with `ALTER TABLE ... ADD`, which migrate runs only when `system_schema.columns` lacks
+//! the column, so a keyspace created by an earlier version is brought up to date.
+//! Tables, after DESIGN section 6:
 //!
-//! | table        | partition key       | clustering | columns                                               |
-//! |--------------|---------------------|------------|-------------------------------------------------------|
-//! | `messages`   | (conv, bucket)      | seq        | mid, from, dev, ts, frame (the encoded frame), system, cmid |
-//! | `conv_meta`  | conv                |            | kind, last_seq, epoch, bucket_size, members           |
-//! | `dedup`      | (conv, from, cmid)  |            | seq, mid, ts; `default_time_to_live` and `USING TTL`  |
-//! | `cursors`    | (user, device)      | conv       | delivered                                             |
-//! | `receipts`   | conv                | user       | delivered, read                                       |
-//! | `user_convs` | user                | conv       |                                                       |
+//! | table         | partition key       | clustering | columns                                               |
+//! |---------------|---------------------|------------|-------------------------------------------------------|
+//! | `messages`    | (conv, bucket)      | seq        | mid, from, dev, ts, frame (the encoded frame), system, cmid |
+//! | `conv_meta`   | conv                |            | kind, last_seq, epoch, bucket_size, members, name     |
+//! | `dedup`       | (conv, from, cmid)  |            | seq, mid, ts; `default_time_to_live` and `USING TTL`  |
+//! | `cursors`     | (user, device)      | conv       | delivered                                             |
+//! | `receipts`    | conv                | user       | delivered, read                                       |
+//! | `user_convs`  | user                | conv       |                                                       |
+//! | `presence`    | user                |            | last_seen                                             |
+//! | `revocations` | user                |            | before                                                |
 //!
 //! # Buckets
 //!
@@ -58,25 +63,39 @@
 //! 1. Read `conv_meta` (last seq, epoch, bucket size, write time of `last_seq`).
 //! 2. Fence: a stored epoch above the batch's refuses the batch (a newer owner wrote);
 //!    the batch must start at `last_seq + 1`, else it must be an identical re-append of
-//!    stored messages (same seq, mid, frame, cmid: accepted, nothing written), else
+//!    stored messages (same seq, mid, frame, cmid: accepted, nothing written, not even
+//!    its index changes, which could undo those of later batches), else
 //!    [`StoreError::Conflict`].
 //! 3. Write, concurrently: the message rows as unlogged batches of one partition each
 //!    (one bucket, split past [`CqlOptions::max_batch_bytes`]), the dedup rows
-//!    (`USING TTL`), the `user_convs` rows.
-//! 4. Only when all of those are acknowledged, commit `conv_meta.last_seq` (and epoch).
+//!    (`USING TTL`), the `user_convs` rows added and removed.
+//! 4. Only when all of those are acknowledged, commit `conv_meta.last_seq` (and epoch,
+//!    and the group's members and name when the batch changes them: one row written by
+//!    one statement, so they change together with `last_seq`).
 //!
 //! Readers never return a message above `last_seq`, so a batch is visible all at once,
 //! at step 4, or never (an append that failed half-way leaves invisible rows that the
 //! sequencer overwrites when it reuses the seqs); [`MessageStore::find_dedup`] checks a
 //! hit against the stored message, so a dedup row of a failed append is ignored.
 //!
-//! Message rows and the sequencing columns of `conv_meta` are written `USING TIMESTAMP
-//! epoch << 40 | clock` (module `fencing`): Cassandra resolves concurrent writes of a
-//! cell by the highest timestamp, so a writer of a lower epoch can never overwrite
-//! rows or `last_seq` of a higher epoch, whatever the order in which its writes arrive
-//! (a partitioned old owner, a delayed retry, a replayed hint). Within an epoch the
-//! clock part grows with every commit of the conversation, so a seq reused after a
-//! failed append overwrites the failed attempt's rows.
+//! The `user_convs` rows are the exception: they are not behind the commit point. They
+//! are visible from step 3 on, and an append that failed half-way may leave some of
+//! them added or removed (its retry writes them again). An early row is harmless
+//! (resume finds no committed message in it); an early removal hides the conversation
+//! from the removed member's resume a moment before the removal commits. A user in
+//! both lists of a batch is removed. A batch without messages only writes its
+//! `user_convs` rows, unless it changes the group: then it is fenced and committed like
+//! any other, with `last_seq` unchanged.
+//!
+//! Message rows and the sequencing and group columns of `conv_meta` are written `USING
+//! TIMESTAMP epoch << 40 | clock` (module `fencing`): Cassandra resolves concurrent
+//! writes of a cell by the highest timestamp, so a writer of a lower epoch can never
+//! overwrite rows, `last_seq` or the members of a higher epoch, whatever the order in
+//! which its writes arrive (a partitioned old owner, a delayed retry, a replayed hint).
+//! Within an epoch the clock part grows with every commit of the conversation, so a seq
+//! reused after a failed append overwrites the failed attempt's rows, and members change
+//! in commit order. These columns must never be written another way: a default
+//! (client) timestamp, microseconds since 1970, would outrank every later commit.
 //!
 //! What this guarantees: no gap, no overwrite of a committed message by a writer that
 //! saw the committed state, and no lower-epoch write ever winning over a higher-epoch
@@ -90,8 +109,12 @@
 //! old epoch harmless.
 //!
 //! Cursors and receipt marks are max-registers: written `USING TIMESTAMP seq`, so the
-//! highest seq ever written wins without a read-modify-write, in any order. (Do not
-//! use `TimeWindowCompactionStrategy` on these tables: their write times are not
+//! highest seq ever written wins without a read-modify-write, in any order. So are
+//! `presence.last_seen` and `revocations.before`, written `USING TIMESTAMP` the time they
+//! store: [`MessageStore::set_last_seen`] and [`MessageStore::revoke_before`] are one
+//! write each, no read, and a lower time never replaces a higher one. Like every write
+//! here, a revocation is durable when acknowledged at the configured consistency. (Do
+//! not use `TimeWindowCompactionStrategy` on these tables: their write times are not
 //! wall-clock times.)
 //!
 //! # Request coalescing
@@ -141,7 +164,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt, try_join_all};
+use futures_util::future::{BoxFuture, FutureExt, try_join, try_join_all};
 use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
@@ -198,6 +221,7 @@ struct MetaRow {
     /// `None` until the first append fixes it.
     bucket_size: Option<u64>,
     members: Vec<UserId>,
+    name: Option<String>,
     /// Write time of `last_seq` (the last commit).
     committed_at: Option<i64>,
 }
@@ -237,7 +261,8 @@ impl CqlStore {
     }
 
     /// Creates the keyspace (with [`CqlOptions::replication`]) and the tables of
-    /// `deploy/cql/schema.cql` that do not exist yet. Idempotent.
+    /// `deploy/cql/schema.cql` that do not exist yet, and adds the columns that tables
+    /// created by an earlier version lack. Idempotent, and safe to run concurrently.
     ///
     /// # Errors
     ///
@@ -297,9 +322,10 @@ impl Inner {
     }
 
     async fn select_meta(&self, op: &'static str, conv: &ConvId) -> CqlResult<Option<MetaRow>> {
-        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<Vec<String>>, Option<i64>);
+        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<Vec<String>>, Option<String>, Option<i64>);
         let result = self.execute(op, &self.statements.meta_select, (conv.as_str(),)).await?;
-        let Some((last_seq, epoch, bucket_size, members, committed_at)) = first_row::<Row>(result, "conv_meta")? else {
+        let Some((last_seq, epoch, bucket_size, members, name, committed_at)) = first_row::<Row>(result, "conv_meta")?
+        else {
             return Ok(None);
         };
         let members = members
@@ -312,21 +338,24 @@ impl Inner {
             epoch: unsigned(epoch.unwrap_or(0), "conv_meta")?,
             bucket_size: bucket_size.map(|size| unsigned(size, "conv_meta")).transpose()?.filter(|size| *size > 0),
             members,
+            name,
             committed_at,
         }))
     }
 
     async fn append(&self, batch: AppendBatch) -> CqlResult<()> {
         let conv = &batch.conv;
-        let (Some(first), Some(last)) = (batch.messages.first(), batch.messages.last()) else {
-            return self.index(&batch.index_users, conv).await;
-        };
+        if batch.messages.is_empty() && batch.group.is_none() {
+            return self.index(conv, &batch.index_users, &batch.unindex_users).await;
+        }
         let meta = self.select_meta("append", conv).await?.unwrap_or_default();
         if meta.epoch > batch.epoch {
             return Err(CqlError::Fenced { conv: conv.to_string(), epoch: batch.epoch, stored_epoch: meta.epoch });
         }
         let bucket_size = meta.bucket_size.unwrap_or(self.options.bucket_size);
-        if first.seq != meta.last_seq.saturating_add(1) {
+        if let (Some(first), Some(last)) = (batch.messages.first(), batch.messages.last())
+            && first.seq != meta.last_seq.saturating_add(1)
+        {
             if first.seq > meta.last_seq || last.seq > meta.last_seq {
                 return Err(CqlError::SeqConflict {
                     conv: conv.to_string(),
@@ -334,10 +363,11 @@ impl Inner {
                     last_seq: meta.last_seq,
                 });
             }
-            // A retry of stored messages (its acknowledgment was lost) is accepted as is.
-            self.check_stored_retry(&batch, bucket_size).await?;
-            return self.index(&batch.index_users, conv).await;
+            // A retry of stored messages (its acknowledgment was lost) is accepted, and
+            // nothing is written: the commit point passed, so its other writes are done.
+            return self.check_stored_retry(&batch, bucket_size).await;
         }
+        let last_seq = batch.last_seq().unwrap_or(meta.last_seq);
         let timestamp = fencing::write_timestamp(batch.epoch, meta.committed_at)?;
 
         let mut writes: Vec<BoxFuture<'_, CqlResult<()>>> = Vec::new();
@@ -358,19 +388,24 @@ impl Inner {
                 writes.push(self.execute("append", &self.statements.dedup_insert, values).map(|r| r.map(drop)).boxed());
             }
         }
-        writes.push(self.index(&batch.index_users, conv).boxed());
+        writes.push(self.index(conv, &batch.index_users, &batch.unindex_users).boxed());
         try_join_all(writes).await?;
 
         // The commit point: from here on readers see the batch.
-        let values = (
-            timestamp,
-            signed(last.seq),
-            signed(batch.epoch),
-            signed(bucket_size),
-            conv.kind().prefix(),
-            conv.as_str(),
-        );
-        self.execute("append", &self.statements.meta_commit, values).await?;
+        let (last_seq, epoch, bucket_size) = (signed(last_seq), signed(batch.epoch), signed(bucket_size));
+        let kind = conv.kind().prefix();
+        match &batch.group {
+            None => {
+                let values = (timestamp, last_seq, epoch, bucket_size, kind, conv.as_str());
+                self.execute("append", &self.statements.meta_commit, values).await?;
+            }
+            Some(group) => {
+                let members: Vec<&str> = group.members.iter().map(UserId::as_str).collect();
+                let values =
+                    (timestamp, last_seq, epoch, bucket_size, kind, members, group.name.as_str(), conv.as_str());
+                self.execute("append", &self.statements.meta_commit_group, values).await?;
+            }
+        }
         self.read_after.forget_where(|(key_conv, _, _)| key_conv == conv);
         self.read_before.forget_where(|(key_conv, _, _)| key_conv == conv);
         self.load_conv.forget(conv);
@@ -446,12 +481,17 @@ impl Inner {
         Ok(())
     }
 
-    async fn index(&self, users: &[UserId], conv: &ConvId) -> CqlResult<()> {
-        let inserts = users.iter().map(|user| {
+    /// Adds `conv` to the `user_convs` index of `add` and removes it from that of
+    /// `remove`, concurrently; a user in both is removed.
+    async fn index(&self, conv: &ConvId, add: &[UserId], remove: &[UserId]) -> CqlResult<()> {
+        let inserts = add.iter().filter(|user| !remove.contains(user)).map(|user| {
             self.execute("index_user_conv", &self.statements.user_conv_insert, (user.as_str(), conv.as_str()))
         });
-        try_join_all(inserts).await?;
-        for user in users {
+        let deletes = remove.iter().map(|user| {
+            self.execute("unindex_user_conv", &self.statements.user_conv_delete, (user.as_str(), conv.as_str()))
+        });
+        try_join(try_join_all(inserts), try_join_all(deletes)).await?;
+        for user in add.iter().chain(remove) {
             self.user_convs.forget(user);
         }
         Ok(())
@@ -596,6 +636,21 @@ impl Inner {
             })
             .collect()
     }
+
+    /// The one `bigint` column of a user's row in `table` (`presence`, `revocations`),
+    /// if any.
+    async fn select_time(
+        &self,
+        op: &'static str,
+        (table, statement): (&'static str, &PreparedStatement),
+        user: &UserId,
+    ) -> CqlResult<Option<u64>> {
+        let result = self.execute(op, statement, (user.as_str(),)).await?;
+        first_row::<(Option<i64>,)>(result, table)?
+            .and_then(|(time,)| time)
+            .map(|time| unsigned(time, table))
+            .transpose()
+    }
 }
 
 #[async_trait]
@@ -611,7 +666,12 @@ impl MessageStore for CqlStore {
             .load_conv
             .run(conv.clone(), move || async move {
                 let meta = inner.call("load_conv", inner.select_meta("load_conv", &key)).await?;
-                Ok(meta.map(|meta| ConvMeta { last_seq: meta.last_seq, epoch: meta.epoch, members: meta.members }))
+                Ok(meta.map(|meta| ConvMeta {
+                    last_seq: meta.last_seq,
+                    epoch: meta.epoch,
+                    members: meta.members,
+                    name: meta.name,
+                }))
             })
             .await
     }
@@ -622,15 +682,6 @@ impl MessageStore for CqlStore {
             "an append batch holds consecutive ascending seqs"
         );
         self.inner.call("append", self.inner.append(batch)).await
-    }
-
-    async fn set_members(&self, conv: &ConvId, members: &[UserId]) -> StoreResult<()> {
-        let members: Vec<&str> = members.iter().map(UserId::as_str).collect();
-        let values = (members, conv.kind().prefix(), conv.as_str());
-        let work = self.inner.execute("set_members", &self.inner.statements.meta_members, values);
-        self.inner.call("set_members", work).await?;
-        self.inner.load_conv.forget(conv);
-        Ok(())
     }
 
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>> {
@@ -681,7 +732,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn index_user_conv(&self, users: &[UserId], conv: &ConvId) -> StoreResult<()> {
-        self.inner.call("index_user_conv", self.inner.index(users, conv)).await
+        self.inner.call("index_user_conv", self.inner.index(conv, users, &[])).await
     }
 
     async fn unindex_user_conv(&self, user: &UserId, conv: &ConvId) -> StoreResult<()> {
@@ -719,6 +770,30 @@ impl MessageStore for CqlStore {
 
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>> {
         self.inner.call("marks", self.inner.marks(conv)).await
+    }
+
+    async fn set_last_seen(&self, user: &UserId, at_ms: u64) -> StoreResult<()> {
+        // USING TIMESTAMP at_ms: the latest time wins, whatever the order of the writes.
+        let values = (signed(at_ms), signed(at_ms), user.as_str());
+        let work = self.inner.execute("set_last_seen", &self.inner.statements.presence_raise, values);
+        self.inner.call("set_last_seen", work).await.map(drop)
+    }
+
+    async fn last_seen(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        let select = ("presence", &self.inner.statements.presence_select);
+        self.inner.call("last_seen", self.inner.select_time("last_seen", select, user)).await
+    }
+
+    async fn revoke_before(&self, user: &UserId, before_ms: u64) -> StoreResult<()> {
+        // USING TIMESTAMP before_ms: a later revocation wins, an earlier one changes nothing.
+        let values = (signed(before_ms), signed(before_ms), user.as_str());
+        let work = self.inner.execute("revoke_before", &self.inner.statements.revocation_raise, values);
+        self.inner.call("revoke_before", work).await.map(drop)
+    }
+
+    async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        let select = ("revocations", &self.inner.statements.revocation_select);
+        self.inner.call("revoked_before", self.inner.select_time("revoked_before", select, user)).await
     }
 
     async fn health(&self) -> StoreResult<()> {

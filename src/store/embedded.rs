@@ -8,16 +8,20 @@
 //! `0x00` separates the parts of a composite key and a prefix scan over `a 0x00` never
 //! matches `ab 0x00`. Every value starts with a format byte ([`FORMAT_V1`]) so the
 //! encoding can change without a migration of old rows; integers are LEB128 varints.
+//! A field added later goes at the end of its record and is optional, so records of the
+//! earlier version still decode (the `conv_meta` name: absent means no name).
 //!
-//! | keyspace        | key                                   | value (after the format byte)                  |
-//! |-----------------|---------------------------------------|------------------------------------------------|
-//! | `messages`      | conv `00` seq (u64 big-endian)        | flags, cmid (if any), the `msg` frame as is    |
-//! | `conv_meta`     | conv                                  | kind, last seq, epoch, members                 |
-//! | `dedup`         | conv `00` from `00` cmid              | written at (ms), seq, ts, mid                  |
-//! | `dedup_expiry`  | written at (ms, u64 big-endian) `00`… dedup key | nothing (a time-ordered index of `dedup`) |
-//! | `cursors`       | user `00` device `00` conv            | delivered seq of that device                   |
-//! | `receipts`      | conv `00` user                        | delivered mark, read mark                      |
-//! | `user_convs`    | user `00` conv                        | nothing                                        |
+//! | keyspace       | key                                             | value (after the format byte)                   |
+//! |----------------|-------------------------------------------------|-------------------------------------------------|
+//! | `messages`     | conv `00` seq (u64 big-endian)                  | flags, cmid (if any), the `msg` frame as is     |
+//! | `conv_meta`    | conv                                            | kind, last seq, epoch, members, name (optional) |
+//! | `dedup`        | conv `00` from `00` cmid                        | written at (ms), seq, ts, mid                   |
+//! | `dedup_expiry` | written at (ms, u64 big-endian) `00`… dedup key | nothing (a time-ordered index of `dedup`)       |
+//! | `cursors`      | user `00` device `00` conv                      | delivered seq of that device                    |
+//! | `receipts`     | conv `00` user                                  | delivered mark, read mark                       |
+//! | `user_convs`   | user `00` conv                                  | nothing                                         |
+//! | `presence`     | user                                            | last seen (ms)                                  |
+//! | `revocations`  | user                                            | tokens issued before this time (ms) are refused |
 //!
 //! The seq is big-endian so a range scan over one conversation is in seq order, forward
 //! for [`MessageStore::read_after`] and backward for [`MessageStore::read_before`]. The
@@ -31,23 +35,28 @@
 //!
 //! # Group commit
 //!
-//! Durable writes ([`MessageStore::append`], [`MessageStore::set_members`], the
-//! `user_convs` index and [`MessageStore::flush`]) are requests to one dedicated writer
-//! OS thread over a bounded channel (a full queue makes callers wait: backpressure). The
-//! thread blocks for the first request, drains whatever else is queued (up to
-//! [`EmbeddedOptions::commit_max_batch`]), stages all of them into ONE fjall write batch,
-//! commits it with an fsync, then answers every request. Concurrent appends of many
-//! conversations thus share one fsync; a commit is atomic, so each [`AppendBatch`] is too.
-//! The writer is also the only writer of `conv_meta`, so its read-modify-writes (last seq,
-//! members) need no lock.
+//! Durable writes ([`MessageStore::append`], the `user_convs` index,
+//! [`MessageStore::revoke_before`] and [`MessageStore::flush`]) are requests to one
+//! dedicated writer OS thread over a bounded channel (a full queue makes callers wait:
+//! backpressure). The thread blocks for the first request, drains whatever else is
+//! queued (up to [`EmbeddedOptions::commit_max_batch`]), stages all of them into ONE
+//! fjall write batch, commits it with an fsync, then answers every request. Concurrent appends of many
+//! conversations thus share one fsync; a commit is atomic, so each [`AppendBatch`] is too,
+//! with its `user_convs` additions and removals and its group name and members. A retry
+//! of a committed batch (same seqs, byte-for-byte the same messages) is accepted and
+//! writes nothing: the commit stored all of it, and writing its index changes or group
+//! metadata again could undo what later batches changed. The writer is also the only
+//! writer of `conv_meta` and `revocations`, so its read-modify-writes (last seq, members,
+//! the max-merge of a revocation) need no lock.
 //!
 //! The fsync happens inside the fjall commit, before the batch enters the memtables: no
 //! reader can see a message that a crash could still lose, so a seq is never delivered
 //! and then reused.
 //!
-//! # Cursors and receipts
+//! # Cursors, receipts and last seen
 //!
-//! [`MessageStore::advance_cursor`] and [`MessageStore::advance_mark`] are max-merges.
+//! [`MessageStore::advance_cursor`], [`MessageStore::advance_mark`] and
+//! [`MessageStore::set_last_seen`] are max-merges.
 //! They do not go through the writer thread (they are far more frequent than appends and
 //! need no fsync of their own): each locks one of [`RMW_STRIPES`] mutexes chosen by the
 //! key's hash, reads, compares and writes (journal buffered, not fsynced), then unlocks.
@@ -55,17 +64,20 @@
 //! fjall's transactional database would also serialize them, but it would make every write
 //! (the group commits too) a transaction and a single-writer one at that, or add
 //! conflict retries with the optimistic flavour. These rows become durable with the
-//! next group commit or [`MessageStore::flush`]: losing one only replays messages.
+//! next group commit or [`MessageStore::flush`] (fjall has one journal for every
+//! keyspace, so a commit's sync covers them): losing a cursor or mark only replays
+//! messages, losing a last-seen time only shows an older one.
 //!
 //! # Blocking
 //!
 //! fjall calls block: a cold read goes to disk, and a write can stall while memtables
-//! are flushed. Scans (history, resume, cursor and index listings) and writes (cursor and
-//! mark read-modify-writes take the journal, which a commit holds while it syncs) run on
-//! [`tokio::task::spawn_blocking`]. The point reads on the send path (`load_conv`,
-//! `find_dedup`) run inline: one key lookup (bloom filters spare the disk for absent
-//! keys), a few microseconds, while a hop to the blocking pool and back costs more than
-//! that in thread wake-ups.
+//! are flushed. Scans (history, resume, cursor and index listings) and writes (cursor,
+//! mark and last-seen read-modify-writes take the journal, which a commit holds while it
+//! syncs) run on [`tokio::task::spawn_blocking`]. The point reads (`load_conv` and
+//! `find_dedup` on the send path, `revoked_before` on the connect path, `last_seen`) run
+//! inline: one key lookup (bloom filters spare the disk for absent keys), a few
+//! microseconds, while a hop to the blocking pool and back costs more than that in
+//! thread wake-ups.
 
 mod codec;
 mod writer;
@@ -84,8 +96,8 @@ use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 use self::codec::{
-    DedupRecord, MetaRecord, decode_cursor, decode_marks, decode_stored_message, dedup_key, encode_cursor,
-    encode_marks, key_of, message_key, parse_conv, prefix_of,
+    DedupRecord, MetaRecord, decode_cursor, decode_marks, decode_stored_message, decode_time_ms, dedup_key,
+    encode_cursor, encode_marks, encode_time_ms, key_of, message_key, parse_conv, prefix_of,
 };
 use self::writer::{WriteOp, WriteRequest, Writer};
 use super::{
@@ -95,7 +107,7 @@ use super::{
 /// The leading byte of every value this version writes.
 pub const FORMAT_V1: u8 = 1;
 
-/// How many mutexes guard the read-modify-writes of cursors and receipts.
+/// How many mutexes guard the read-modify-writes of cursors, receipts and last-seen times.
 pub const RMW_STRIPES: usize = 64;
 
 const KEYSPACE_MESSAGES: &str = "messages";
@@ -105,6 +117,8 @@ const KEYSPACE_DEDUP_EXPIRY: &str = "dedup_expiry";
 const KEYSPACE_CURSORS: &str = "cursors";
 const KEYSPACE_RECEIPTS: &str = "receipts";
 const KEYSPACE_USER_CONVS: &str = "user_convs";
+const KEYSPACE_PRESENCE: &str = "presence";
+const KEYSPACE_REVOCATIONS: &str = "revocations";
 
 /// How hard a group commit syncs the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -305,6 +319,8 @@ struct Keyspaces {
     cursors: Keyspace,
     receipts: Keyspace,
     user_convs: Keyspace,
+    presence: Keyspace,
+    revocations: Keyspace,
     rmw_stripes: Box<[Mutex<()>]>,
     dedup_ttl_ms: u64,
 }
@@ -333,6 +349,8 @@ impl Keyspaces {
             cursors: keyspace(KEYSPACE_CURSORS)?,
             receipts: keyspace(KEYSPACE_RECEIPTS)?,
             user_convs: keyspace(KEYSPACE_USER_CONVS)?,
+            presence: keyspace(KEYSPACE_PRESENCE)?,
+            revocations: keyspace(KEYSPACE_REVOCATIONS)?,
             rmw_stripes: (0..RMW_STRIPES).map(|_| Mutex::new(())).collect(),
             dedup_ttl_ms: duration_ms(options.dedup_ttl),
             db,
@@ -452,6 +470,31 @@ impl Keyspaces {
                 .map_err(|error| EmbeddedError::fjall("write receipt", error))?;
         }
         Ok(moved)
+    }
+
+    fn set_last_seen(&self, user: &UserId, at_ms: u64) -> EmbeddedResult<()> {
+        let key = user.as_str().as_bytes();
+        let _stripe = self.rmw_stripe(key).lock().unwrap_or_else(PoisonError::into_inner);
+        if self.last_seen(user)?.is_some_and(|current| current >= at_ms) {
+            return Ok(());
+        }
+        self.presence.insert(key, encode_time_ms(at_ms)).map_err(|error| EmbeddedError::fjall("write presence", error))
+    }
+
+    fn last_seen(&self, user: &UserId) -> EmbeddedResult<Option<u64>> {
+        let value = self
+            .presence
+            .get(user.as_str().as_bytes())
+            .map_err(|error| EmbeddedError::fjall("read presence", error))?;
+        value.map(|value| decode_time_ms(&value, "presence")).transpose()
+    }
+
+    fn revoked_before(&self, user: &UserId) -> EmbeddedResult<Option<u64>> {
+        let value = self
+            .revocations
+            .get(user.as_str().as_bytes())
+            .map_err(|error| EmbeddedError::fjall("read revocations", error))?;
+        value.map(|value| decode_time_ms(&value, "revocations")).transpose()
     }
 
     fn marks(&self, conv: &ConvId) -> EmbeddedResult<Vec<ReceiptMarks>> {
@@ -587,6 +630,7 @@ impl MessageStore for EmbeddedStore {
                 last_seq: record.last_seq,
                 epoch: record.epoch,
                 members: record.members,
+                name: record.name,
             }))
         })
     }
@@ -597,10 +641,6 @@ impl MessageStore for EmbeddedStore {
             "an append batch holds consecutive ascending seqs"
         );
         self.write(WriteOp::Append(batch)).await
-    }
-
-    async fn set_members(&self, conv: &ConvId, members: &[UserId]) -> StoreResult<()> {
-        self.write(WriteOp::SetMembers { conv: conv.clone(), members: members.to_vec() }).await
     }
 
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>> {
@@ -658,6 +698,26 @@ impl MessageStore for EmbeddedStore {
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>> {
         let conv = conv.clone();
         self.blocking(move |keyspaces| keyspaces.marks(&conv)).await
+    }
+
+    /// Not synced on its own: durable with the next group commit or flush (module docs,
+    /// "Cursors, receipts and last seen").
+    async fn set_last_seen(&self, user: &UserId, at_ms: u64) -> StoreResult<()> {
+        let user = user.clone();
+        self.blocking(move |keyspaces| keyspaces.set_last_seen(&user, at_ms)).await
+    }
+
+    async fn last_seen(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        self.inline(|keyspaces| keyspaces.last_seen(user))
+    }
+
+    /// Through the writer thread: synced before it returns.
+    async fn revoke_before(&self, user: &UserId, before_ms: u64) -> StoreResult<()> {
+        self.write(WriteOp::Revoke { user: user.clone(), before_ms }).await
+    }
+
+    async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        self.inline(|keyspaces| keyspaces.revoked_before(user))
     }
 
     async fn health(&self) -> StoreResult<()> {
@@ -721,6 +781,8 @@ mod test_support {
             messages: vec![message(conv, seq, cmid)],
             epoch: 1,
             index_users: vec![alice()],
+            unindex_users: Vec::new(),
+            group: None,
         }
     }
 
@@ -733,6 +795,7 @@ mod test_support {
 mod tests {
     use super::test_support::{alice, batch, conv, message, open};
     use super::*;
+    use crate::store::GroupMeta;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_keeps_acknowledged_data() {
@@ -742,18 +805,23 @@ mod tests {
         {
             let store = open(dir.path());
             for seq in 1..=10 {
-                store.append(batch(&conv, seq, Some(&format!("c{seq}")))).await.expect("append");
+                let mut appended = batch(&conv, seq, Some(&format!("c{seq}")));
+                if seq == 5 {
+                    appended.group = Some(GroupMeta { name: "crew".to_owned(), members: vec![alice()] });
+                }
+                store.append(appended).await.expect("append");
             }
-            store.set_members(&conv, &[alice()]).await.expect("set_members");
             store.advance_cursor(&alice(), &phone, &conv, 4).await.expect("advance");
             store.advance_mark(&conv, &alice(), MarkKind::Read, 3).await.expect("mark");
+            store.set_last_seen(&alice(), 1_234).await.expect("set_last_seen");
+            store.revoke_before(&alice(), 5_678).await.expect("revoke_before");
         }
         let store = open(dir.path());
         let messages = store.read_after(&conv, 0, 100).await.expect("read_after");
         assert_eq!(messages.iter().map(|message| message.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
         assert_eq!(messages[9].frame, message(&conv, 10, None).frame);
         let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta");
-        assert_eq!((meta.last_seq, meta.members), (10, vec![alice()]));
+        assert_eq!((meta.last_seq, meta.members, meta.name.as_deref()), (10, vec![alice()], Some("crew")));
         let hit = store.find_dedup(&conv, &alice(), "c7").await.expect("find_dedup");
         assert_eq!(hit.map(|hit| hit.seq), Some(7));
         assert_eq!(store.user_convs(&alice()).await.expect("user_convs"), vec![conv.clone()]);
@@ -761,6 +829,42 @@ mod tests {
         assert_eq!(cursors.get(&conv), Some(&4));
         let marks = store.marks(&conv).await.expect("marks");
         assert_eq!((marks[0].delivered, marks[0].read), (3, 3));
+        assert_eq!(store.last_seen(&alice()).await.expect("last_seen"), Some(1_234));
+        assert_eq!(store.revoked_before(&alice()).await.expect("revoked_before"), Some(5_678));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocations_are_synced_and_last_seen_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let bob = UserId::new("bob").expect("valid user id");
+        store.set_last_seen(&bob, 10).await.expect("set_last_seen");
+        assert_eq!(store.stats().fsyncs, 0, "last seen follows the cursor rules: no sync of its own");
+
+        store.revoke_before(&bob, 20).await.expect("revoke_before");
+        assert_eq!(store.stats().fsyncs, 1, "a revocation is synced before it returns");
+        assert_eq!(store.revoked_before(&bob).await.expect("revoked_before"), Some(20));
+        // Lower revocations are synced too (the caller is told it is durable) but change nothing.
+        store.revoke_before(&bob, 15).await.expect("revoke_before");
+        assert_eq!(store.stats().fsyncs, 2);
+        assert_eq!(store.revoked_before(&bob).await.expect("revoked_before"), Some(20));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_revocations_keep_the_maximum() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(open(dir.path()));
+        let bob = UserId::new("bob").expect("valid user id");
+        let mut tasks = tokio::task::JoinSet::new();
+        for before_ms in [30, 10, 50, 20, 40] {
+            let (store, bob) = (Arc::clone(&store), bob.clone());
+            // On one runtime thread, all five enqueue before the writer answers any.
+            tasks.spawn(async move { store.revoke_before(&bob, before_ms).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.expect("task").expect("revoke_before");
+        }
+        assert_eq!(store.revoked_before(&bob).await.expect("revoked_before"), Some(50));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

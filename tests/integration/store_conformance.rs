@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use switchboard::store::{AppendBatch, MarkKind, MessageStore, NewMessage, StoreError, StoredMessage};
+use switchboard::store::{AppendBatch, GroupMeta, MarkKind, MessageStore, NewMessage, StoreError, StoredMessage};
 use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 
 /// A store under test and whatever must live as long as it (a temporary directory, a
@@ -68,7 +68,15 @@ pub(crate) const CASES: &[(&str, Case)] = &[
     ("concurrent_cursor_advances_keep_the_maximum", |store| {
         Box::pin(concurrent_cursor_advances_keep_the_maximum(store))
     }),
-    ("set_members_roundtrip", |store| Box::pin(set_members_roundtrip(store))),
+    ("group_meta_changes_with_appends", |store| Box::pin(group_meta_changes_with_appends(store))),
+    ("a_batch_without_messages_may_change_the_group", |store| {
+        Box::pin(a_batch_without_messages_may_change_the_group(store))
+    }),
+    ("unindex_users_leave_other_entries", |store| Box::pin(unindex_users_leave_other_entries(store))),
+    ("index_and_unindex_in_one_batch", |store| Box::pin(index_and_unindex_in_one_batch(store))),
+    ("a_retried_group_batch_undoes_nothing", |store| Box::pin(a_retried_group_batch_undoes_nothing(store))),
+    ("last_seen_only_moves_forward", |store| Box::pin(last_seen_only_moves_forward(store))),
+    ("revocations_only_move_forward", |store| Box::pin(revocations_only_move_forward(store))),
     ("health_and_flush", |store| Box::pin(health_and_flush(store))),
     ("paging_at_every_offset", |store| Box::pin(paging_at_every_offset(store))),
     ("concurrent_identical_reads_agree", |store| Box::pin(concurrent_identical_reads_agree(store))),
@@ -93,7 +101,13 @@ macro_rules! store_conformance_tests {
             history_paging_across_many_messages,
             concurrent_writers_of_many_conversations,
             concurrent_cursor_advances_keep_the_maximum,
-            set_members_roundtrip,
+            group_meta_changes_with_appends,
+            a_batch_without_messages_may_change_the_group,
+            unindex_users_leave_other_entries,
+            index_and_unindex_in_one_batch,
+            a_retried_group_batch_undoes_nothing,
+            last_seen_only_moves_forward,
+            revocations_only_move_forward,
             health_and_flush,
             paging_at_every_offset,
             concurrent_identical_reads_agree,
@@ -159,7 +173,19 @@ fn batch(conv: &ConvId, from: &UserId, first: u64, last: u64) -> AppendBatch {
         messages: (first..=last).map(|seq| message(conv, from, seq, None)).collect(),
         epoch: 1,
         index_users: Vec::new(),
+        unindex_users: Vec::new(),
+        group: None,
     }
+}
+
+/// A group's metadata.
+fn group_meta(name: &str, members: &[&UserId]) -> Option<GroupMeta> {
+    Some(GroupMeta { name: name.to_owned(), members: members.iter().map(|&member| member.clone()).collect() })
+}
+
+/// Whether `conv` is in `user`'s `user_convs` index.
+async fn indexed(store: &Arc<dyn MessageStore>, user: &UserId, conv: &ConvId) -> bool {
+    store.user_convs(user).await.expect("user_convs").contains(conv)
 }
 
 fn seqs(messages: &[StoredMessage]) -> Vec<u64> {
@@ -170,12 +196,6 @@ fn assert_frames(conv: &ConvId, messages: &[StoredMessage]) {
     for message in messages {
         assert_eq!(message.frame, frame(conv, message.seq), "frame of seq {} in {conv}", message.seq);
     }
-}
-
-fn sorted(users: &[UserId]) -> Vec<UserId> {
-    let mut users = users.to_vec();
-    users.sort();
-    users
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,28 +487,204 @@ pub(crate) async fn concurrent_cursor_advances_keep_the_maximum(store: Arc<dyn M
     assert_eq!((marks[0].delivered, marks[0].read), (400, 0));
 }
 
-pub(crate) async fn set_members_roundtrip(store: Arc<dyn MessageStore>) {
+/// A membership change is a system message plus the group's new name and members plus
+/// the index changes, in one batch; a batch without `group` keeps the stored ones.
+pub(crate) async fn group_meta_changes_with_appends(store: Arc<dyn MessageStore>) {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
     let conv = group();
-    store.set_members(&conv, &[alice.clone(), bob.clone(), carol.clone()]).await.expect("set_members");
-    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
-    assert_eq!(sorted(&meta.members), sorted(&[alice.clone(), bob.clone(), carol.clone()]));
-    assert_eq!(meta.last_seq, 0);
 
-    // Appends keep the members; set_members keeps the seq.
-    store.append(batch(&conv, &alice, 1, 2)).await.expect("append");
+    let mut created = batch(&conv, &alice, 1, 1);
+    created.group = group_meta("Crew", &[&alice, &bob, &carol]);
+    created.index_users = vec![alice.clone(), bob.clone(), carol.clone()];
+    store.append(created).await.expect("append");
     let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
-    assert_eq!(sorted(&meta.members), sorted(&[alice.clone(), bob.clone(), carol.clone()]));
-    assert_eq!(meta.last_seq, 2);
+    assert_eq!(meta.members, vec![alice.clone(), bob.clone(), carol.clone()], "members keep their order");
+    assert_eq!((meta.name.as_deref(), meta.last_seq), (Some("Crew"), 1));
+    for member in [&alice, &bob, &carol] {
+        assert!(indexed(&store, member, &conv).await, "{member} is indexed");
+    }
 
-    store.set_members(&conv, std::slice::from_ref(&bob)).await.expect("set_members");
+    // Carol leaves and the group is renamed, with the system message that says so.
+    let mut changed = batch(&conv, &alice, 2, 2);
+    changed.group = group_meta("Crew \u{e9}t\u{e9}", &[&alice, &bob]);
+    changed.unindex_users = vec![carol.clone()];
+    store.append(changed).await.expect("append");
     let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
-    assert_eq!(meta.members, vec![bob]);
-    assert_eq!(meta.last_seq, 2);
+    assert_eq!(meta.members, vec![alice.clone(), bob.clone()]);
+    assert_eq!((meta.name.as_deref(), meta.last_seq), (Some("Crew \u{e9}t\u{e9}"), 2));
+    assert!(!indexed(&store, &carol, &conv).await, "carol is unindexed with the batch");
+    assert!(indexed(&store, &bob, &conv).await);
 
-    store.set_members(&conv, &[]).await.expect("set_members");
+    // Ordinary messages keep the name and the members.
+    store.append(batch(&conv, &bob, 3, 4)).await.expect("append");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!(meta.members, vec![alice.clone(), bob.clone()]);
+    assert_eq!((meta.name.as_deref(), meta.last_seq), (Some("Crew \u{e9}t\u{e9}"), 4));
+
+    // An empty member list and an empty name are stored as such.
+    let mut emptied = batch(&conv, &alice, 5, 5);
+    emptied.group = group_meta("", &[]);
+    store.append(emptied).await.expect("append");
     let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
     assert!(meta.members.is_empty());
+    assert_eq!((meta.name.as_deref(), meta.last_seq), (Some(""), 5));
+
+    // Conversations that never had group metadata have no name.
+    let (dave, erin) = (user("dave"), user("erin"));
+    let dm = ConvId::dm(&dave, &erin);
+    store.append(batch(&dm, &dave, 1, 1)).await.expect("append");
+    let meta = store.load_conv(&dm).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!((meta.name, meta.members), (None, Vec::new()));
+}
+
+/// A batch may carry no message and still change the group (and the index): it is
+/// stored, and the log does not move.
+pub(crate) async fn a_batch_without_messages_may_change_the_group(store: Arc<dyn MessageStore>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = group();
+    let mut created = batch(&conv, &alice, 1, 0);
+    assert!(created.messages.is_empty(), "seqs 1..=0: none");
+    created.group = group_meta("Quiet", &[&alice, &bob]);
+    created.index_users = vec![alice.clone(), bob.clone()];
+    store.append(created).await.expect("append");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!(
+        (meta.name.as_deref(), meta.members.clone(), meta.last_seq),
+        (Some("Quiet"), vec![alice.clone(), bob.clone()], 0)
+    );
+    assert!(indexed(&store, &bob, &conv).await);
+
+    store.append(batch(&conv, &alice, 1, 2)).await.expect("append");
+    let mut renamed = batch(&conv, &alice, 3, 2);
+    renamed.group = group_meta("Loud", &[&alice]);
+    renamed.unindex_users = vec![bob.clone()];
+    store.append(renamed).await.expect("append");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!((meta.name.as_deref(), meta.members, meta.last_seq), (Some("Loud"), vec![alice.clone()], 2));
+    assert!(!indexed(&store, &bob, &conv).await);
+    assert_eq!(seqs(&store.read_after(&conv, 0, 10).await.expect("read_after")), vec![1, 2]);
+    store.append(batch(&conv, &alice, 3, 3)).await.expect("the log continues at 3");
+}
+
+/// `unindex_users` removes only the batch's conversation from the users' index, and
+/// removing an entry that is not there is fine.
+pub(crate) async fn unindex_users_leave_other_entries(store: Arc<dyn MessageStore>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (conv, other) = (group(), group());
+    let mut first = batch(&conv, &alice, 1, 1);
+    first.index_users = vec![alice.clone(), bob.clone()];
+    store.append(first).await.expect("append");
+    store.index_user_conv(std::slice::from_ref(&bob), &other).await.expect("index");
+
+    let mut removal = batch(&conv, &alice, 2, 2);
+    removal.unindex_users = vec![bob.clone(), user("never-indexed")];
+    store.append(removal).await.expect("append");
+    assert_eq!(store.user_convs(&bob).await.expect("user_convs"), vec![other.clone()]);
+    assert_eq!(store.user_convs(&alice).await.expect("user_convs"), vec![conv.clone()]);
+
+    // Removing again (a later batch that says the same) is harmless.
+    let mut again = batch(&conv, &alice, 3, 3);
+    again.unindex_users = vec![bob.clone()];
+    store.append(again).await.expect("append");
+    assert_eq!(store.user_convs(&bob).await.expect("user_convs"), vec![other]);
+    assert_eq!(store.load_conv(&conv).await.expect("load_conv").map(|meta| meta.last_seq), Some(3));
+}
+
+/// One batch that adds some users and removes others does both; a user in both lists
+/// ends up removed.
+pub(crate) async fn index_and_unindex_in_one_batch(store: Arc<dyn MessageStore>) {
+    let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+    let conv = group();
+    let mut created = batch(&conv, &alice, 1, 1);
+    created.index_users = vec![alice.clone(), bob.clone()];
+    created.group = group_meta("Swap", &[&alice, &bob]);
+    store.append(created).await.expect("append");
+
+    let mut swap = batch(&conv, &alice, 2, 2);
+    swap.index_users = vec![carol.clone(), dave.clone()];
+    swap.unindex_users = vec![bob.clone(), dave.clone()];
+    swap.group = group_meta("Swap", &[&alice, &carol]);
+    store.append(swap).await.expect("append");
+    assert!(indexed(&store, &alice, &conv).await, "untouched");
+    assert!(!indexed(&store, &bob, &conv).await, "removed");
+    assert!(indexed(&store, &carol, &conv).await, "added");
+    assert!(!indexed(&store, &dave, &conv).await, "in both lists: removed");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!(meta.members, vec![alice, carol]);
+}
+
+/// A retry of a committed batch (its ack was lost) is accepted, and its group metadata
+/// and index changes do not undo those of the batches committed after it.
+pub(crate) async fn a_retried_group_batch_undoes_nothing(store: Arc<dyn MessageStore>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = group();
+    let mut added = batch(&conv, &alice, 1, 1);
+    added.group = group_meta("Before", &[&alice, &bob]);
+    added.index_users = vec![alice.clone(), bob.clone()];
+    store.append(added.clone()).await.expect("append");
+    let mut removed = batch(&conv, &alice, 2, 2);
+    removed.group = group_meta("After", &[&alice]);
+    removed.unindex_users = vec![bob.clone()];
+    store.append(removed).await.expect("append");
+
+    store.append(added).await.expect("retried append");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
+    assert_eq!((meta.name.as_deref(), meta.members, meta.last_seq), (Some("After"), vec![alice.clone()], 2));
+    assert!(!indexed(&store, &bob, &conv).await, "the retry does not re-index a removed member");
+    assert!(indexed(&store, &alice, &conv).await);
+}
+
+pub(crate) async fn last_seen_only_moves_forward(store: Arc<dyn MessageStore>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    assert_eq!(store.last_seen(&alice).await.expect("last_seen"), None);
+    store.set_last_seen(&alice, 1_700_000_000_500).await.expect("set_last_seen");
+    assert_eq!(store.last_seen(&alice).await.expect("last_seen"), Some(1_700_000_000_500));
+    store.set_last_seen(&alice, 1_700_000_000_100).await.expect("set_last_seen");
+    store.set_last_seen(&alice, 1_700_000_000_500).await.expect("set_last_seen");
+    assert_eq!(store.last_seen(&alice).await.expect("last_seen"), Some(1_700_000_000_500), "never lowered");
+    store.set_last_seen(&alice, 1_700_000_000_900).await.expect("set_last_seen");
+    assert_eq!(store.last_seen(&alice).await.expect("last_seen"), Some(1_700_000_000_900));
+    assert_eq!(store.last_seen(&bob).await.expect("last_seen"), None, "per user");
+
+    // Racing writers (a user's devices going offline together) leave the maximum.
+    let mut tasks = tokio::task::JoinSet::new();
+    for start in 0..8u64 {
+        let (store, bob) = (Arc::clone(&store), bob.clone());
+        tasks.spawn(async move {
+            for at_ms in (1 + start..=200).step_by(8) {
+                store.set_last_seen(&bob, 1_700_000_000_000 + at_ms).await.expect("set_last_seen");
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("writer task");
+    }
+    assert_eq!(store.last_seen(&bob).await.expect("last_seen"), Some(1_700_000_000_200));
+}
+
+pub(crate) async fn revocations_only_move_forward(store: Arc<dyn MessageStore>) {
+    let (alice, bob) = (user("alice"), user("bob"));
+    assert_eq!(store.revoked_before(&alice).await.expect("revoked_before"), None);
+    store.revoke_before(&alice, 1_700_000_000_500).await.expect("revoke_before");
+    assert_eq!(store.revoked_before(&alice).await.expect("revoked_before"), Some(1_700_000_000_500));
+    store.revoke_before(&alice, 1_700_000_000_100).await.expect("revoke_before");
+    store.revoke_before(&alice, 1_700_000_000_500).await.expect("revoke_before again");
+    assert_eq!(store.revoked_before(&alice).await.expect("revoked_before"), Some(1_700_000_000_500), "never lowered");
+    store.revoke_before(&alice, 1_700_000_000_900).await.expect("revoke_before");
+    assert_eq!(store.revoked_before(&alice).await.expect("revoked_before"), Some(1_700_000_000_900));
+    assert_eq!(store.revoked_before(&bob).await.expect("revoked_before"), None, "per user");
+    // Presence and revocations are separate.
+    assert_eq!(store.last_seen(&alice).await.expect("last_seen"), None);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for before_ms in [30u64, 10, 50, 20, 40] {
+        let (store, bob) = (Arc::clone(&store), bob.clone());
+        tasks.spawn(async move { store.revoke_before(&bob, 1_700_000_000_000 + before_ms).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task").expect("revoke_before");
+    }
+    assert_eq!(store.revoked_before(&bob).await.expect("revoked_before"), Some(1_700_000_000_050));
 }
 
 pub(crate) async fn health_and_flush(store: Arc<dyn MessageStore>) {

@@ -18,13 +18,13 @@ use serde_json::value::RawValue;
 use super::{DecodeError, DecodeLimits};
 use crate::client::{
     ClientFrame, GroupChangeFrame, GroupCreateFrame, HistoryFrame, PingFrame, PresenceSubFrame, ReceiptFrame,
-    SendFrame, SubscribeFrame, SyncFrame, TypingFrame, UnsubscribeFrame,
+    ReceiptsFrame, SendFrame, SubscribeFrame, SyncFrame, TypingFrame, UnsubscribeFrame,
 };
 use crate::ids::{ConvId, ConvKind, UserId};
 use crate::limits::MAX_HISTORY_LIMIT;
 use crate::server::{
-    Ack, ErrorFrame, Group, Hello, History, Msg, Pong, Presence, ReceiptEvent, ServerFrame, Subscribed, Synced,
-    TypingEvent, Unsubscribed,
+    Ack, ErrorFrame, Group, Hello, History, Msg, Pong, Presence, ReceiptEvent, Receipts, ServerFrame, Subscribed,
+    Synced, TypingEvent, Unsubscribed,
 };
 
 /// Every field of every client frame, as borrowed JSON text. Unknown fields are skipped
@@ -120,6 +120,7 @@ pub fn decode_client(text: &str, limits: &DecodeLimits) -> Result<ClientFrame, D
         "presence_unsub" => decoder.presence(reference).map(ClientFrame::PresenceUnsub),
         "typing" => decoder.typing().map(ClientFrame::Typing),
         "ping" => Ok(ClientFrame::Ping(PingFrame { r#ref: reference })),
+        "receipts" => decoder.receipts(reference).map(ClientFrame::Receipts),
         unknown => Err(DecodeError::bad_request(format!("unknown frame type {unknown:?}"))),
     };
     frame.map_err(|error| DecodeError { r#ref: read_ref(fields.r#ref, limits).ok().flatten(), ..error })
@@ -238,6 +239,11 @@ impl FrameDecoder<'_, '_> {
         Ok(PresenceSubFrame { r#ref, users })
     }
 
+    fn receipts(&self, r#ref: Option<String>) -> Result<ReceiptsFrame, DecodeError> {
+        let conv = required("conv", self.fields.conv)?;
+        Ok(ReceiptsFrame { r#ref, conv })
+    }
+
     fn typing(&self) -> Result<TypingFrame, DecodeError> {
         let conv = required("conv", self.fields.conv)?;
         let state = required("state", self.fields.state)?;
@@ -341,6 +347,7 @@ pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
         "typing" => typed::<TypingEvent>(text, ServerFrame::Typing),
         "error" => typed::<ErrorFrame>(text, ServerFrame::Error),
         "pong" => typed::<Pong>(text, ServerFrame::Pong),
+        "receipts" => typed::<Receipts>(text, ServerFrame::Receipts),
         unknown => Err(DecodeError::bad_request(format!("unknown frame type {unknown:?}"))),
     }
 }

@@ -122,8 +122,13 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (reference(), conv(), any::<u64>(), text(26), any::<u64>(), any::<bool>())
             .prop_map(|(r#ref, conv, seq, mid, ts, dup)| ServerFrame::Ack(Ack { r#ref, conv, seq, mid, ts, dup })),
         msg().prop_map(ServerFrame::Msg),
-        (conv(), user(), any::<u64>(), any::<u64>()).prop_map(|(conv, user, seq, ts)| {
-            ServerFrame::Receipt(ReceiptEvent { conv, user, kind: ReceiptKind::Read, seq, ts })
+        (conv(), user(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(conv, user, seq, ts, all)| {
+            ServerFrame::Receipt(ReceiptEvent { conv, user, kind: ReceiptKind::Read, seq, ts, all })
+        }),
+        (reference(), group(), vec((user(), any::<u64>(), any::<u64>()), 0..4)).prop_map(|(r#ref, conv, marks)| {
+            let members =
+                marks.into_iter().map(|(user, delivered, read)| MemberReceipts { user, delivered, read }).collect();
+            ServerFrame::Receipts(Receipts { r#ref, conv, members })
         }),
         (reference(), btree_map(conv(), any::<u64>(), 0..4))
             .prop_map(|(r#ref, convs)| ServerFrame::Synced(Synced { r#ref, convs })),

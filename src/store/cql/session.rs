@@ -6,12 +6,14 @@ use std::time::Duration;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::error::CqlError;
 use super::options::CqlOptions;
+use super::rows::first_row;
 
 /// The DDL, embedded at build time from its single source of truth.
 pub(super) const SCHEMA_CQL: &str = include_str!("../../../deploy/cql/schema.cql");
@@ -60,23 +62,79 @@ pub(super) fn render_schema(options: &CqlOptions) -> Vec<String> {
     text.split(';').map(str::trim).filter(|statement| !statement.is_empty()).map(str::to_owned).collect()
 }
 
-/// Creates the keyspace and tables that do not exist yet.
+/// The table and column that an `ALTER TABLE keyspace.table ADD column type` statement
+/// adds, as `system_schema.columns` names them; `None` for any other statement.
+pub(super) fn added_column(statement: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let [alter, table_word, qualified, add, column, _type, ..] = words.as_slice() else { return None };
+    let keywords = [(alter, "ALTER"), (table_word, "TABLE"), (add, "ADD")];
+    if !keywords.iter().all(|(word, keyword)| word.eq_ignore_ascii_case(keyword)) {
+        return None;
+    }
+    let (_keyspace, table) = qualified.split_once('.')?;
+    // Unquoted identifiers are case-insensitive and stored in lower case.
+    let identifier = |name: &str| match name.strip_prefix('"').and_then(|name| name.strip_suffix('"')) {
+        Some(quoted) => quoted.to_owned(),
+        None => name.to_ascii_lowercase(),
+    };
+    Some((identifier(table), identifier(column)))
+}
+
+/// Creates the keyspace and tables that do not exist yet and adds the columns that
+/// tables created by an earlier version lack (see the header of `schema.cql`).
 pub(super) async fn migrate(options: &CqlOptions) -> Result<(), CqlError> {
     options.validate().map_err(CqlError::InvalidOptions)?;
     let session = open_session(options, MIGRATE_REQUEST_TIMEOUT).await?;
     for statement in render_schema(options) {
         let head: String = statement.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
+        let added = added_column(&statement);
+        if let Some((table, column)) = &added {
+            // The tables this run created must be known wherever the check runs.
+            await_schema_agreement(&session).await?;
+            if column_exists(&session, &options.keyspace, table, column).await? {
+                tracing::info!(statement = %head, "schema column already there");
+                continue;
+            }
+        }
         tracing::info!(statement = %head, "applying schema");
-        session
-            .query_unpaged(statement.as_str(), ())
-            .await
-            .map_err(|source| CqlError::Migrate { statement: head.clone(), source: Box::new(source) })?;
+        match session.query_unpaged(statement.as_str(), ()).await {
+            Ok(_) => {}
+            // A concurrent migrate added it since the check.
+            Err(source) if added.is_some() && is_existing_column(&source) => {
+                tracing::info!(statement = %head, "schema column already there");
+            }
+            Err(source) => return Err(CqlError::Migrate { statement: head, source: Box::new(source) }),
+        }
     }
+    await_schema_agreement(&session).await
+}
+
+async fn await_schema_agreement(session: &Session) -> Result<(), CqlError> {
     session
         .await_schema_agreement()
         .await
-        .map_err(|source| CqlError::execute("migrate", scylla::errors::ExecutionError::SchemaAgreementError(source)))?;
-    Ok(())
+        .map(drop)
+        .map_err(|source| CqlError::execute("migrate", ExecutionError::SchemaAgreementError(source)))
+}
+
+async fn column_exists(session: &Session, keyspace: &str, table: &str, column: &str) -> Result<bool, CqlError> {
+    let query = "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = ? AND column_name = ?";
+    let result = session
+        .query_unpaged(query, (keyspace, table, column))
+        .await
+        .map_err(|source| CqlError::execute("migrate", source))?;
+    Ok(first_row::<(String,)>(result, "system_schema.columns")?.is_some())
+}
+
+/// Whether an `ALTER TABLE ... ADD` failed because the column exists: Apache Cassandra
+/// says "Column with name 'x' already exists", ScyllaDB "Invalid column name x because
+/// it conflicts with an existing column".
+fn is_existing_column(error: &ExecutionError) -> bool {
+    let ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, message)) = error else {
+        return false;
+    };
+    message.contains("already exists") || message.contains("conflicts with an existing column")
 }
 
 /// Every statement the store runs, prepared once at connect.
@@ -84,7 +142,7 @@ pub(super) async fn migrate(options: &CqlOptions) -> Result<(), CqlError> {
 pub(super) struct Statements {
     pub(super) meta_select: PreparedStatement,
     pub(super) meta_commit: PreparedStatement,
-    pub(super) meta_members: PreparedStatement,
+    pub(super) meta_commit_group: PreparedStatement,
     pub(super) message_insert: PreparedStatement,
     pub(super) messages_compare: PreparedStatement,
     pub(super) messages_ascending: PreparedStatement,
@@ -102,6 +160,10 @@ pub(super) struct Statements {
     pub(super) mark_delivered: PreparedStatement,
     pub(super) mark_read: PreparedStatement,
     pub(super) marks_select: PreparedStatement,
+    pub(super) presence_raise: PreparedStatement,
+    pub(super) presence_select: PreparedStatement,
+    pub(super) revocation_raise: PreparedStatement,
+    pub(super) revocation_select: PreparedStatement,
     pub(super) health: PreparedStatement,
 }
 
@@ -123,7 +185,7 @@ impl Statements {
             meta_select: prepare(
                 "conv_meta select",
                 format!(
-                    "SELECT last_seq, epoch, bucket_size, members, writetime(last_seq) FROM {ks}.conv_meta \
+                    "SELECT last_seq, epoch, bucket_size, members, name, writetime(last_seq) FROM {ks}.conv_meta \
                      WHERE conv = ?"
                 ),
             )
@@ -136,9 +198,12 @@ impl Statements {
                 ),
             )
             .await?,
-            meta_members: prepare(
-                "conv_meta members",
-                format!("UPDATE {ks}.conv_meta SET members = ?, kind = ? WHERE conv = ?"),
+            meta_commit_group: prepare(
+                "conv_meta commit with group",
+                format!(
+                    "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, epoch = ?, bucket_size = ?, kind = ?, \
+                     members = ?, name = ? WHERE conv = ?"
+                ),
             )
             .await?,
             message_insert: prepare(
@@ -242,6 +307,23 @@ impl Statements {
                 format!("SELECT user, delivered, read FROM {ks}.receipts WHERE conv = ?"),
             )
             .await?,
+            presence_raise: prepare(
+                "presence raise",
+                format!("UPDATE {ks}.presence USING TIMESTAMP ? SET last_seen = ? WHERE user = ?"),
+            )
+            .await?,
+            presence_select: prepare("presence select", format!("SELECT last_seen FROM {ks}.presence WHERE user = ?"))
+                .await?,
+            revocation_raise: prepare(
+                "revocations raise",
+                format!("UPDATE {ks}.revocations USING TIMESTAMP ? SET before = ? WHERE user = ?"),
+            )
+            .await?,
+            revocation_select: prepare(
+                "revocations select",
+                format!("SELECT before FROM {ks}.revocations WHERE user = ?"),
+            )
+            .await?,
             health: prepare("health", "SELECT release_version FROM system.local WHERE key = 'local'".to_owned())
                 .await?,
         })
@@ -256,10 +338,31 @@ mod tests {
     fn the_schema_renders_with_every_placeholder_filled() {
         let options = CqlOptions { keyspace: "chat".to_owned(), ..CqlOptions::default() };
         let statements = render_schema(&options);
-        assert_eq!(statements.len(), 7, "{statements:#?}");
+        assert_eq!(statements.len(), 10, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS chat"));
         assert!(statements[0].contains("'replication_factor': 1"));
-        assert!(statements.iter().all(|statement| !statement.contains("{{") && statement.contains("IF NOT EXISTS")));
+        assert!(statements.iter().all(|statement| !statement.contains("{{")));
+        // Idempotent: a CREATE says IF NOT EXISTS, an ALTER adds one column that migrate
+        // checks for first.
+        for statement in &statements {
+            let idempotent = statement.contains("IF NOT EXISTS") || added_column(statement).is_some();
+            assert!(idempotent, "not idempotent: {statement}");
+        }
         assert!(statements.iter().any(|statement| statement.contains("default_time_to_live = 604800")));
+        let added: Vec<_> = statements.iter().filter_map(|statement| added_column(statement)).collect();
+        assert_eq!(added, [("conv_meta".to_owned(), "name".to_owned())]);
+    }
+
+    #[test]
+    fn added_columns_are_recognised() {
+        let added = |statement: &str| added_column(statement);
+        assert_eq!(
+            added("alter table ks.Conv_Meta add \"Name\" text"),
+            Some(("conv_meta".to_owned(), "Name".to_owned()))
+        );
+        assert_eq!(added("ALTER TABLE ks.t ADD c frozen<list<text>>"), Some(("t".to_owned(), "c".to_owned())));
+        assert_eq!(added("ALTER TABLE ks.t DROP c"), None);
+        assert_eq!(added("ALTER TABLE t ADD c text"), None, "the schema always names the keyspace");
+        assert_eq!(added("CREATE TABLE IF NOT EXISTS ks.t (c text PRIMARY KEY)"), None);
     }
 }

@@ -101,22 +101,30 @@ pub(super) fn decode_stored_message(
     Ok(StoredMessage { seq: u64::from_be_bytes(seq_bytes), frame: Bytes::copy_from_slice(reader.rest()) })
 }
 
-/// A `conv_meta` row.
+/// A `conv_meta` row: kind, last seq, epoch, members, then the name as an optional
+/// trailing field.
+///
+/// The name came after the first release: a record without it (every record that
+/// release wrote) decodes with `name: None`, and a record with it is still read by that
+/// release, whose decoder ignores trailing bytes. A record without a name is encoded
+/// exactly as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct MetaRecord {
     pub(super) kind: ConvKind,
     pub(super) last_seq: u64,
     pub(super) epoch: u64,
     pub(super) members: Vec<UserId>,
+    pub(super) name: Option<String>,
 }
 
 impl MetaRecord {
     pub(super) fn new(kind: ConvKind) -> Self {
-        Self { kind, last_seq: 0, epoch: 0, members: Vec::new() }
+        Self { kind, last_seq: 0, epoch: 0, members: Vec::new(), name: None }
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(24 + self.members.len() * 16);
+        let name_len = self.name.as_ref().map_or(0, |name| name.len() + 10);
+        let mut value = Vec::with_capacity(24 + self.members.len() * 16 + name_len);
         value.push(FORMAT_V1);
         value.push(match self.kind {
             ConvKind::Dm => 0,
@@ -128,6 +136,10 @@ impl MetaRecord {
         put_varint(&mut value, self.members.len() as u64);
         for member in &self.members {
             put_bytes(&mut value, member.as_str().as_bytes());
+        }
+        // Length-prefixed, so an empty name (one zero byte) differs from no name.
+        if let Some(name) = &self.name {
+            put_bytes(&mut value, name.as_bytes());
         }
         value
     }
@@ -154,7 +166,14 @@ impl MetaRecord {
                 .ok_or(EmbeddedError::Decode { what: WHAT, reason: "invalid member id" })?;
             members.push(member);
         }
-        Ok(Self { kind, last_seq, epoch, members })
+        let name = if reader.is_empty() {
+            None
+        } else {
+            let name = std::str::from_utf8(reader.bytes()?)
+                .map_err(|_| EmbeddedError::Decode { what: WHAT, reason: "name is not utf-8" })?;
+            Some(name.to_owned())
+        };
+        Ok(Self { kind, last_seq, epoch, members, name })
     }
 }
 
@@ -199,6 +218,17 @@ pub(super) fn encode_cursor(seq: u64) -> Vec<u8> {
 
 pub(super) fn decode_cursor(value: &[u8]) -> EmbeddedResult<u64> {
     Reader::new(value, "cursors")?.varint()
+}
+
+/// A `presence` or `revocations` value: a time in milliseconds.
+pub(super) fn encode_time_ms(time_ms: u64) -> Vec<u8> {
+    let mut value = vec![FORMAT_V1];
+    put_varint(&mut value, time_ms);
+    value
+}
+
+pub(super) fn decode_time_ms(value: &[u8], what: &'static str) -> EmbeddedResult<u64> {
+    Reader::new(value, what)?.varint()
 }
 
 pub(super) fn encode_marks(delivered: u64, read: u64) -> Vec<u8> {
@@ -278,6 +308,10 @@ impl<'a> Reader<'a> {
         Ok(bytes)
     }
 
+    fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     fn rest(self) -> &'a [u8] {
         self.rest
     }
@@ -295,18 +329,43 @@ mod tests {
             last_seq: 300,
             epoch: u64::MAX,
             members: vec![alice(), UserId::new("bob").expect("valid user id")],
+            name: Some("Caf\u{e9} crew".to_owned()),
         };
         assert_eq!(MetaRecord::decode(&meta.encode()).expect("decode"), meta);
+        for name in [None, Some(String::new())] {
+            let meta = MetaRecord { name, ..meta.clone() };
+            assert_eq!(MetaRecord::decode(&meta.encode()).expect("decode"), meta);
+        }
         let dedup = DedupRecord { written_at_ms: 5, seq: 1 << 40, ts: 7, mid: "m".to_owned() };
         assert_eq!(DedupRecord::decode(&dedup.encode()).expect("decode"), dedup);
         assert_eq!(decode_marks(&encode_marks(9, 3)).expect("decode"), (9, 3));
         assert_eq!(decode_cursor(&encode_cursor(0)).expect("decode"), 0);
+        assert_eq!(decode_time_ms(&encode_time_ms(1_735_689_600_000), "presence").expect("decode"), 1_735_689_600_000);
 
         let mut newer = meta.encode();
         newer[0] = 2;
         assert!(matches!(MetaRecord::decode(&newer), Err(EmbeddedError::Decode { .. })));
         assert!(matches!(MetaRecord::decode(&meta.encode()[..3]), Err(EmbeddedError::Decode { .. })));
         assert!(matches!(decode_cursor(&[]), Err(EmbeddedError::Decode { .. })));
+    }
+
+    #[test]
+    fn meta_records_of_the_first_release_still_decode() {
+        // As the first release wrote them: format, kind (group), last seq 300 (varint),
+        // epoch 2, one member "alice"; no name.
+        let old = [FORMAT_V1, 1, 0xac, 0x02, 2, 1, 5, b'a', b'l', b'i', b'c', b'e'];
+        let decoded = MetaRecord::decode(&old).expect("decode");
+        let expected =
+            MetaRecord { kind: ConvKind::Group, last_seq: 300, epoch: 2, members: vec![alice()], name: None };
+        assert_eq!(decoded, expected);
+        // Without a name this version writes the very same bytes.
+        assert_eq!(expected.encode(), old);
+        // A name is a trailing field: it starts where the old record ended.
+        let named = MetaRecord { name: Some("crew".to_owned()), ..expected };
+        assert_eq!(named.encode()[..old.len()], old);
+        // A truncated name is refused, not read as no name.
+        let encoded = named.encode();
+        assert!(matches!(MetaRecord::decode(&encoded[..encoded.len() - 1]), Err(EmbeddedError::Decode { .. })));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! and then sweeps expired dedup entries.
 //!
 //! Staging fences appends: a batch must continue the stored log (or be a byte-for-byte
-//! retry of stored messages), else it is refused with a sequence conflict. The protocol
-//! and its guarantees are written down in the "Group commit" section of [`super`].
+//! retry of stored messages, which writes nothing), else it is refused with a sequence
+//! conflict. The protocol and its guarantees are written down in the "Group commit"
+//! section of [`super`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use fjall::PersistMode;
 use switchboard_proto::ids::{ConvId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{DedupRecord, MetaRecord, dedup_expiry_key, dedup_key, encode_message, key_of, message_key};
+use super::codec::{
+    DedupRecord, MetaRecord, dedup_expiry_key, dedup_key, encode_message, encode_time_ms, key_of, message_key,
+};
 use super::{EmbeddedError, EmbeddedOptions, EmbeddedResult, FORMAT_V1, Keyspaces, StatsCounters, now_ms};
 use crate::store::{AppendBatch, StoreError, StoreResult};
 
@@ -23,9 +26,9 @@ use crate::store::{AppendBatch, StoreError, StoreResult};
 #[derive(Debug)]
 pub(super) enum WriteOp {
     Append(AppendBatch),
-    SetMembers { conv: ConvId, members: Vec<UserId> },
     Index { users: Vec<UserId>, conv: ConvId },
     Unindex { user: UserId, conv: ConvId },
+    Revoke { user: UserId, before_ms: u64 },
     Flush,
 }
 
@@ -46,9 +49,11 @@ struct StagedWrites {
     user_convs: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Metadata of the conversations this commit touches, as it will be stored.
     metas: HashMap<ConvId, MetaRecord>,
+    /// Revocation times this commit raises, as they will be stored.
+    revocations: BTreeMap<UserId, u64>,
 }
 
-/// The state of the writer thread: the only writer of `conv_meta`.
+/// The state of the writer thread: the only writer of `conv_meta` and `revocations`.
 #[derive(Debug)]
 pub(super) struct Writer {
     keyspaces: Arc<Keyspaces>,
@@ -162,8 +167,14 @@ impl Writer {
                 let mut meta = self.current_meta(&batch.conv, staged)?;
                 if let Some(first) = batch.messages.first()
                     && first.seq != meta.last_seq.saturating_add(1)
-                    && !self.is_stored_retry(batch, meta.last_seq, staged)?
                 {
+                    if self.is_stored_retry(batch, meta.last_seq, staged)? {
+                        // The batch was committed (its ack was lost), and a commit is
+                        // atomic: its dedup entries, index changes and group metadata
+                        // are stored too. Writing them again could undo what later
+                        // batches changed (re-index a member removed since).
+                        return Ok(0);
+                    }
                     // Fencing: only the sequencer that continues the stored log may
                     // write. A stale one (an earlier incarnation still writing) or one
                     // that skipped seqs is refused and reloads `last_seq`.
@@ -190,17 +201,19 @@ impl Writer {
                 for user in &batch.index_users {
                     staged.user_convs.insert(key_of(&[user.as_str(), batch.conv.as_str()]), Some(vec![FORMAT_V1]));
                 }
-                // Max-merges keep a retried (idempotent) batch from moving anything back.
+                // After the additions: a user in both lists ends up unindexed.
+                for user in &batch.unindex_users {
+                    staged.user_convs.insert(key_of(&[user.as_str(), batch.conv.as_str()]), None);
+                }
+                if let Some(group) = &batch.group {
+                    meta.members.clone_from(&group.members);
+                    meta.name = Some(group.name.clone());
+                }
+                // Max-merges keep a batch from moving anything back.
                 meta.last_seq = meta.last_seq.max(batch.last_seq().unwrap_or(0));
                 meta.epoch = meta.epoch.max(batch.epoch);
                 staged.metas.insert(batch.conv.clone(), meta);
                 Ok(batch.messages.len() as u64)
-            }
-            WriteOp::SetMembers { conv, members } => {
-                let mut meta = self.current_meta(conv, staged)?;
-                meta.members.clone_from(members);
-                staged.metas.insert(conv.clone(), meta);
-                Ok(0)
             }
             WriteOp::Index { users, conv } => {
                 for user in users {
@@ -210,6 +223,20 @@ impl Writer {
             }
             WriteOp::Unindex { user, conv } => {
                 staged.user_convs.insert(key_of(&[user.as_str(), conv.as_str()]), None);
+                Ok(0)
+            }
+            WriteOp::Revoke { user, before_ms } => {
+                // A max-merge: the writer is the only writer of `revocations`, so this
+                // read-modify-write needs no lock.
+                let current = match staged.revocations.get(user) {
+                    Some(staged_ms) => Some(*staged_ms),
+                    None => self.keyspaces.revoked_before(user)?,
+                };
+                // Already stored (and so durable: the writer syncs before a commit
+                // becomes visible), or raised by an earlier request of this commit.
+                if current.is_none_or(|current| *before_ms > current) {
+                    staged.revocations.insert(user.clone(), *before_ms);
+                }
                 Ok(0)
             }
             WriteOp::Flush => Ok(0),
@@ -270,6 +297,9 @@ impl Writer {
         }
         for (conv, meta) in staged.metas {
             batch.insert(&keyspaces.conv_meta, conv.as_str().as_bytes(), meta.encode());
+        }
+        for (user, before_ms) in staged.revocations {
+            batch.insert(&keyspaces.revocations, user.as_str().as_bytes(), encode_time_ms(before_ms));
         }
         if batch.is_empty() {
             // Only flushes: fjall skips the sync of an empty batch, so sync explicitly.

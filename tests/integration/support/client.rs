@@ -159,6 +159,14 @@ impl TestClient {
         self.reply_to(&r#ref).await
     }
 
+    /// Sends a request (a `ref` is added) and returns its reply, skipping other frames.
+    pub(crate) async fn call(&mut self, mut frame: Value) -> Value {
+        let r#ref = self.new_ref();
+        frame["ref"] = Value::String(r#ref.clone());
+        self.send_json(frame).await;
+        self.reply_to(&r#ref).await
+    }
+
     /// The reply (any type) carrying `ref`, skipping unrelated frames.
     pub(crate) async fn reply_to(&mut self, r#ref: &str) -> Value {
         loop {
