@@ -145,6 +145,18 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// Open connections this node accepts; past it upgrades get 503. Default 1000000.
     pub max_connections: usize,
+    /// Open connections from one IP address; past it upgrades get 503. 0: no limit
+    /// (the default: load balancers and NATs put many users behind one address; set it
+    /// when clients connect directly).
+    pub max_connections_per_ip: usize,
+    /// Upgrades per second this node accepts, sustained (the accept-rate budget); past
+    /// it upgrades get 503 with `Retry-After`. Default 20000.
+    pub accepts_per_sec: f64,
+    /// Upgrades this node accepts in a burst. Default 20000.
+    pub accepts_burst: u32,
+    /// Resident memory (bytes) above which the node sheds new work: upgrades get 503 and
+    /// typing is not relayed, until it is back below. 0: off. Default 0.
+    pub memory_high_water_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -162,6 +174,10 @@ impl Default for GatewayConfig {
             max_inflight_requests: 64,
             request_timeout_ms: 5_000,
             max_connections: 1_000_000,
+            max_connections_per_ip: 0,
+            accepts_per_sec: 20_000.0,
+            accepts_burst: 20_000,
+            memory_high_water_bytes: 0,
         }
     }
 }
@@ -257,19 +273,49 @@ impl Default for PresenceConfig {
     }
 }
 
-/// Token-bucket rate limits (per connection).
+/// Token-bucket rate limits. A request past its limit gets `rate_limited` with
+/// `retry_after_ms`; a connection that keeps hitting limits is closed with 4003.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {
+    /// `send`s per second one connection may make, sustained. Default 200.
+    pub sends_per_sec: f64,
+    /// `send`s one connection may make in a burst (a client flushing its offline queue
+    /// sends many at once). Default 1000.
+    pub sends_burst: u32,
+    /// `send`s per second one user may make over all their devices on a node. Default 400.
+    pub user_sends_per_sec: f64,
+    /// `send`s one user may make in a burst. Default 2000.
+    pub user_sends_burst: u32,
     /// `typing` frames per second a connection may send, sustained. Default 2.
     pub typing_per_sec: f64,
     /// `typing` frames a connection may send in a burst. Default 5.
     pub typing_burst: u32,
+    /// `presence_sub` requests per second a connection may make, sustained. Default 2.
+    pub presence_subs_per_sec: f64,
+    /// `presence_sub` requests a connection may make in a burst. Default 10.
+    pub presence_subs_burst: u32,
+    /// Refusals (`rate_limited`) within `abuse_window_ms` after which the connection is
+    /// closed with 4003. Default 50.
+    pub abuse_strikes: u32,
+    /// The window of `abuse_strikes`, ms. Default 10000.
+    pub abuse_window_ms: u64,
 }
 
 impl Default for RateLimitsConfig {
     fn default() -> Self {
-        Self { typing_per_sec: 2.0, typing_burst: 5 }
+        Self {
+            sends_per_sec: 200.0,
+            sends_burst: 1000,
+            user_sends_per_sec: 400.0,
+            user_sends_burst: 2000,
+            typing_per_sec: 2.0,
+            typing_burst: 5,
+            presence_subs_per_sec: 2.0,
+            presence_subs_burst: 10,
+            abuse_strikes: 50,
+            abuse_window_ms: 10_000,
+        }
     }
 }
 
@@ -463,10 +509,20 @@ impl Config {
                 problems.push(format!("{name} must be above 0"));
             }
         }
-        if !(self.rate_limits.typing_per_sec > 0.0 && self.rate_limits.typing_per_sec.is_finite())
-            || self.rate_limits.typing_burst == 0
-        {
-            problems.push("rate_limits.typing_per_sec and rate_limits.typing_burst must be above 0".to_owned());
+        let limits = &self.rate_limits;
+        for (name, per_sec, burst) in [
+            ("sends", limits.sends_per_sec, limits.sends_burst),
+            ("user_sends", limits.user_sends_per_sec, limits.user_sends_burst),
+            ("typing", limits.typing_per_sec, limits.typing_burst),
+            ("presence_subs", limits.presence_subs_per_sec, limits.presence_subs_burst),
+            ("gateway.accept", gateway.accepts_per_sec, gateway.accepts_burst),
+        ] {
+            if !(per_sec > 0.0 && per_sec.is_finite()) || burst == 0 {
+                problems.push(format!("{name}_per_sec and {name}_burst must be above 0 (rate_limits / gateway)"));
+            }
+        }
+        if limits.abuse_strikes == 0 || limits.abuse_window_ms == 0 {
+            problems.push("rate_limits.abuse_strikes and rate_limits.abuse_window_ms must be above 0".to_owned());
         }
         if self.actors.max_restarts == 0 || self.actors.restart_window_secs == 0 {
             problems.push("actors.max_restarts and actors.restart_window_secs must be above 0".to_owned());

@@ -2,10 +2,12 @@
 //!
 //! Everything that can refuse a client happens before the upgrade, so a refused client
 //! costs no actor and no WebSocket state: not a WebSocket request (400), a disallowed
-//! `Origin` (403), a bad, missing or revoked token (401), a node at its connection cap or shutting
-//! down (503 with `Retry-After`). Then the server answers 101 itself and runs the socket
-//! with tokio-tungstenite, configured for very many mostly idle connections: small read
-//! buffer, no write buffer beyond one coalesced batch, bounded message and frame sizes.
+//! `Origin` (403), a bad, missing or revoked token (401), a node at its connection cap,
+//! past its accept-rate budget or memory high-water mark, too many connections from one
+//! address, or shutting down (503 with `Retry-After`). Then the server answers 101 itself
+//! and runs the socket with tokio-tungstenite, configured for very many mostly idle
+//! connections: small read buffer, no write buffer beyond one coalesced batch, bounded
+//! message and frame sizes.
 //!
 //! Connection tasks are not actors: one lean task per socket (see [`connection`]).
 
@@ -135,8 +137,15 @@ pub async fn upgrade(
         metrics::counter!("switchboard_upgrades_refused_total", "reason" => "capacity").increment(1);
         return overloaded("connection limit reached");
     }
-
     let peer = request.extensions().get::<PeerAddr>().map(|peer| peer.0);
+    let ip_slot = match node.admission.admit(peer.map(|peer| peer.ip())) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            metrics::counter!("switchboard_upgrades_refused_total", "reason" => refusal.reason()).increment(1);
+            return overloaded(refusal.message());
+        }
+    };
+
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = websocket_config(&node);
     let task_node = node.clone();
@@ -150,7 +159,7 @@ pub async fn upgrade(
             Err(_) => return,
         };
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        connection::run(task_node, socket, identity, peer).await;
+        connection::run(task_node, socket, identity, peer, ip_slot).await;
     });
 
     let mut response = Response::builder()

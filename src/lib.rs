@@ -8,6 +8,7 @@
 //! - [`gateway`]: the WebSocket upgrade (auth and origin checks before any actor exists),
 //!   the per-socket connection task and its bounded, coalescing [`gateway::outbox`].
 //! - [`auth`]: JWT verification and development identities.
+//! - [`limits`]: rate limits (token buckets, 4003 strikes) and admission control.
 //! - [`admin`]: the admin HTTP API under `/api/v1/` (bearer `SWITCHBOARD_ADMIN_TOKEN`).
 //! - [`actors`]: the supervised actor tree: per-user actors, per-conversation
 //!   sequencers, the supervisor with its restart policy, and the directory that finds them.
@@ -31,6 +32,7 @@ pub mod feeds;
 pub mod gateway;
 pub mod groups;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod presence;

@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::feeds::FeedIndex;
 use crate::groups::GroupCache;
+use crate::limits::{Admission, UserRateLimits};
 use crate::presence::PresenceHub;
 use crate::sessions::Sessions;
 use crate::store::{MessageStore, StoreResult};
@@ -38,6 +39,10 @@ pub struct Node {
     pub groups: GroupCache,
     pub feeds: FeedIndex,
     pub presence: PresenceHub,
+    /// Admission checks of the upgrade (accept rate, per-IP, memory).
+    pub admission: Arc<Admission>,
+    /// Send budgets per user over all their connections on this node.
+    pub user_sends: UserRateLimits,
     /// `revoked_before` of recently seen users (`None`: never revoked), in front of the
     /// store: the upgrade checks it for every connection.
     revocations: quick_cache::sync::Cache<UserId, Option<u64>>,
@@ -81,6 +86,8 @@ impl Node {
             groups: GroupCache::new(config.groups.cache_entries),
             feeds: FeedIndex::new(),
             presence: PresenceHub::new(),
+            admission: Arc::new(Admission::new(&config.gateway)),
+            user_sends: UserRateLimits::new(config.rate_limits.user_sends_per_sec, config.rate_limits.user_sends_burst),
             revocations: quick_cache::sync::Cache::new(REVOCATION_CACHE_ENTRIES),
             auth,
             directory,

@@ -87,6 +87,7 @@ impl Server {
             tracing::error!("actor tree escalated past its restart limit; shutting down");
             shutdown.cancel();
         });
+        tokio::spawn(housekeeping(node.clone()));
         Ok(Self { node, listener, local_addr })
     }
 
@@ -191,6 +192,25 @@ async fn serve_http(node: Arc<Node>, router: axum::Router, stream: TcpStream, pe
         () = node.shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
+    }
+}
+
+/// Periodic upkeep until shutdown: the memory high-water check (every second) and
+/// forgetting idle users' rate-limit buckets (every 30 s).
+async fn housekeeping(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            () = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        node.admission.sample_memory();
+        ticks += 1;
+        if ticks.is_multiple_of(30) {
+            node.user_sends.forget_idle();
         }
     }
 }

@@ -50,6 +50,7 @@ use super::outbox::{Next, Outbox, Push};
 use crate::actors::conversation::{Accepted, ConvMsg, SendError, SendRequest};
 use crate::actors::user::UserMsg;
 use crate::auth::Identity;
+use crate::limits::{IpSlot, RateLimit, Strikes};
 use crate::node::Node;
 use crate::sessions::DeviceSession;
 use crate::store::StoreError;
@@ -84,12 +85,18 @@ struct Connection {
     last_rx_ms: AtomicU64,
     /// Users this connection watches (`presence_sub`), unwatched when it closes.
     watched: std::sync::Mutex<Vec<UserId>>,
-    /// The `typing` rate limit, created on the first `typing`.
-    typing_limit: std::sync::OnceLock<ephemeral::RateLimit>,
+    /// Rate limits: sends, and (created on first use) typing and presence_sub.
+    send_limit: RateLimit,
+    typing_limit: std::sync::OnceLock<RateLimit>,
+    presence_limit: std::sync::OnceLock<RateLimit>,
+    /// Refusals, for closing an abusive connection with 4003.
+    strikes: Strikes,
+    /// This connection's place in the per-IP count, released when it ends.
+    _ip_slot: IpSlot,
 }
 
 /// Runs a connection to its end. Returns when the socket is closed.
-pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Option<SocketAddr>) {
+pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Option<SocketAddr>, ip_slot: IpSlot) {
     let conn_id = node.next_conn_id();
     let span = tracing::info_span!(
         "conn",
@@ -108,7 +115,11 @@ pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Opti
         opened: Instant::now(),
         last_rx_ms: AtomicU64::new(0),
         watched: std::sync::Mutex::new(Vec::new()),
+        send_limit: RateLimit::new(node.config.rate_limits.sends_per_sec, node.config.rate_limits.sends_burst),
         typing_limit: std::sync::OnceLock::new(),
+        presence_limit: std::sync::OnceLock::new(),
+        strikes: Strikes::default(),
+        _ip_slot: ip_slot,
     };
     connection.serve(socket).instrument(span).await;
 }
@@ -275,6 +286,26 @@ impl Connection {
 
     /// Reads until the peer goes away; returns the close code to send, if any.
     async fn read_loop(&self, mut stream: SplitStream<Socket>) -> Option<CloseCode> {
+        let code = self.read_requests(&mut stream).await;
+        if let Some(code) = code {
+            // Our close frame goes out after what is queued. Keep reading (and dropping)
+            // the peer's input until it answers: closing a socket with unread input sends
+            // a reset, which can destroy the close frame and the replies before it.
+            self.outbox.close(code);
+            let drain = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        }
+        code
+    }
+
+    /// Reads and handles requests until the peer goes away or the connection must close.
+    async fn read_requests(&self, stream: &mut SplitStream<Socket>) -> Option<CloseCode> {
         // Boxed: a resume's state is large and short-lived; inline it would sit in every
         // idle connection's task for the connection's whole life.
         if let Err(code) = Box::pin(self.resume(None, None)).await {
@@ -283,6 +314,10 @@ impl Connection {
         let max_inflight = self.node.config.gateway.max_inflight_requests;
         let mut inflight: FuturesUnordered<InflightSend> = FuturesUnordered::new();
         loop {
+            // Replies first: no new request while our queued replies fill half the
+            // outbox (a pipelining client is paced by TCP, not closed as a slow consumer;
+            // one that does not read at all overflows once the wait runs out).
+            self.outbox.wait_half_empty(self.node.config.gateway.request_timeout()).await;
             tokio::select! {
                 Some(done) = inflight.next(), if !inflight.is_empty() => self.finish_send(done),
                 incoming = stream.next(), if inflight.len() < max_inflight => {
@@ -388,7 +423,7 @@ impl Connection {
             return None;
         }
         match request {
-            ClientFrame::Send(send) => self.on_send(send, inflight).await,
+            ClientFrame::Send(send) => return self.on_send(send, inflight).await.err(),
             ClientFrame::Receipt(receipt) => self.on_receipt(receipt).await,
             ClientFrame::Sync(SyncFrame { r#ref, cursors }) => return self.resume(r#ref, cursors).await.err(),
             ClientFrame::History(history) => self.on_history(history).await,
@@ -397,16 +432,36 @@ impl Connection {
             ClientFrame::GroupRemove(change) => self.on_group_change(change, false).await,
             ClientFrame::Subscribe(subscribe) => return self.on_subscribe(subscribe).await.err(),
             ClientFrame::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
-            ClientFrame::PresenceSub(watch) => self.on_presence_sub(watch).await,
+            ClientFrame::PresenceSub(watch) => return self.on_presence_sub(watch).await.err(),
             ClientFrame::PresenceUnsub(unwatch) => self.on_presence_unsub(unwatch),
-            ClientFrame::Typing(typing) => self.on_typing(typing).await,
+            ClientFrame::Typing(typing) => return self.on_typing(typing).await.err(),
             ClientFrame::Receipts(query) => self.on_receipts(query).await,
             ClientFrame::Ping(ping) => self.push(frame(&Pong { r#ref: ping.r#ref })),
         }
         None
     }
 
-    async fn on_send(&self, send: SendFrame, inflight: &mut FuturesUnordered<InflightSend>) {
+    /// Applies a rate limit's verdict: `Ok(true)` go ahead; `Ok(false)` refused (the
+    /// client got `rate_limited`); `Err` the connection keeps hitting its limits and is
+    /// closed with 4003.
+    fn limited(&self, r#ref: Option<&str>, kind: &'static str, verdict: Result<(), u64>) -> Result<bool, CloseCode> {
+        let Err(wait_ms) = verdict else { return Ok(true) };
+        metrics::counter!("switchboard_rate_limited_total", "kind" => kind).increment(1);
+        self.reply_error(r#ref, ErrorCode::RateLimited, &format!("too many {kind} requests"), Some(wait_ms));
+        let limits = &self.node.config.rate_limits;
+        let now_ms = self.opened.elapsed().as_millis() as u64;
+        if self.strikes.strike(now_ms, limits.abuse_strikes, limits.abuse_window_ms) {
+            tracing::info!(kind, "rate limits hit persistently, closing (4003)");
+            return Err(CloseCode::RateLimitAbuse);
+        }
+        Ok(false)
+    }
+
+    async fn on_send(&self, send: SendFrame, inflight: &mut FuturesUnordered<InflightSend>) -> Result<(), CloseCode> {
+        let verdict = self.send_limit.check().and_then(|()| self.node.user_sends.check(&self.identity.user));
+        if !self.limited(send.r#ref.as_deref(), "send", verdict)? {
+            return Ok(());
+        }
         let SendFrame { r#ref, conv, cmid, body } = send;
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = SendRequest {
@@ -427,7 +482,7 @@ impl Connection {
                 "conversation unavailable; retry with the same cmid",
                 Some(200),
             );
-            return;
+            return Ok(());
         }
         let timeout = self.node.config.gateway.request_timeout();
         inflight.push(Box::pin(async move {
@@ -439,6 +494,7 @@ impl Connection {
             };
             (r#ref, conv, result)
         }));
+        Ok(())
     }
 
     fn finish_send(&self, (r#ref, conv, result): SendResult) {

@@ -160,6 +160,33 @@ impl Outbox {
         }
     }
 
+    /// Whether more than half of the outbox is in use.
+    fn over_half(&self, state: &State) -> bool {
+        state.queue.len() * 2 > self.max_frames || state.bytes * 2 > self.max_bytes
+    }
+
+    /// Waits, up to `timeout`, until at most half of the outbox is in use (or it is
+    /// closing). The reader calls it before taking the next request, so a client that
+    /// pipelines requests faster than it reads the replies is slowed down through TCP
+    /// instead of overflowing its own outbox with replies. Returns whether it got there.
+    pub async fn wait_half_empty(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.close.is_some() || !self.over_half(&state) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Appends a frame that fits, then wakes the writer (after unlocking).
     fn enqueue(&self, mut state: std::sync::MutexGuard<'_, State>, frame: Utf8Bytes) -> Push {
         state.bytes += frame.len();
@@ -283,6 +310,23 @@ mod tests {
         assert_eq!(outbox.next(&mut batch, 64).await, Next::Frames);
         assert_eq!(batch, (0..5).map(|i| frame(&i.to_string())).collect::<Vec<_>>());
         assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_half_empty_ends_when_the_writer_drains() {
+        let outbox = std::sync::Arc::new(Outbox::new(4, 1024));
+        assert!(outbox.wait_half_empty(Duration::from_millis(10)).await);
+        for _ in 0..3 {
+            outbox.push(frame("x"));
+        }
+        assert!(!outbox.wait_half_empty(Duration::from_millis(10)).await);
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.wait_half_empty(Duration::from_secs(5)).await }
+        });
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next(&mut batch, 64).await, Next::Frames);
+        assert!(waiter.await.unwrap());
     }
 
     #[tokio::test]

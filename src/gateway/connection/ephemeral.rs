@@ -6,50 +6,27 @@
 //! sustained, `rate_limits.typing_burst` at once); past it the sender gets
 //! `rate_limited` with the time to wait.
 
-use std::num::NonZeroU32;
-
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use switchboard_proto::client::{PresenceSubFrame, ReceiptsFrame, TypingFrame};
+use switchboard_proto::close::CloseCode;
 use switchboard_proto::error::ErrorCode;
 use switchboard_proto::ids::ConvKind;
 use switchboard_proto::server::{MemberReceipts, Receipts, TypingEvent};
 
 use super::{Connection, frame};
-use crate::config::RateLimitsConfig;
-
-/// A per-connection token bucket.
-pub(super) struct RateLimit(DefaultDirectRateLimiter);
-
-impl std::fmt::Debug for RateLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RateLimit")
-    }
-}
-
-impl RateLimit {
-    fn typing(config: &RateLimitsConfig) -> Self {
-        let burst = NonZeroU32::new(config.typing_burst).unwrap_or(NonZeroU32::MIN);
-        // Validated above zero and finite; the fallback only guards the arithmetic.
-        let period = std::time::Duration::try_from_secs_f64(1.0 / config.typing_per_sec)
-            .unwrap_or(std::time::Duration::from_secs(1));
-        let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-        Self(RateLimiter::direct(quota.allow_burst(burst)))
-    }
-
-    /// `Ok` if a token was taken, else how long until one is available (ms).
-    fn check(&self) -> Result<(), u64> {
-        self.0.check().map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            (wait.as_millis() as u64).max(1)
-        })
-    }
-}
+use crate::limits::RateLimit;
 
 impl Connection {
     /// `presence_sub`: the current presence of each user, then their changes.
-    pub(super) async fn on_presence_sub(&self, watch: PresenceSubFrame) {
+    /// `Err`: the connection is abusing its limits and must be closed.
+    pub(super) async fn on_presence_sub(&self, watch: PresenceSubFrame) -> Result<(), CloseCode> {
         let PresenceSubFrame { r#ref, users } = watch;
+        let limits = &self.node.config.rate_limits;
+        let limit = self
+            .presence_limit
+            .get_or_init(|| RateLimit::new(limits.presence_subs_per_sec, limits.presence_subs_burst));
+        if !self.limited(r#ref.as_deref(), "presence_sub", limit.check())? {
+            return Ok(());
+        }
         let max_watched = self.node.config.presence.max_watched;
         let accepted = {
             let mut watched = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -68,7 +45,7 @@ impl Connection {
         if !accepted {
             let message = format!("a connection may watch at most {max_watched} users");
             self.reply_error(r#ref.as_deref(), ErrorCode::TooLarge, &message, None);
-            return;
+            return Ok(());
         }
         for user in &users {
             // Watch first, then read: a change in between is sent twice, never missed.
@@ -77,10 +54,11 @@ impl Connection {
                 Ok(presence) => self.push(frame(&presence)),
                 Err(error) => {
                     self.store_error(r#ref.as_deref(), &error);
-                    return;
+                    return Ok(());
                 }
             }
         }
+        Ok(())
     }
 
     /// `presence_unsub`: stop watching; no reply.
@@ -101,12 +79,17 @@ impl Connection {
     }
 
     /// `typing`: relayed to the conversation's other members online on this node.
-    pub(super) async fn on_typing(&self, typing: TypingFrame) {
-        let limit = self.typing_limit.get_or_init(|| RateLimit::typing(&self.node.config.rate_limits));
-        if let Err(wait_ms) = limit.check() {
-            metrics::counter!("switchboard_rate_limited_total", "kind" => "typing").increment(1);
-            self.reply_error(None, ErrorCode::RateLimited, "too many typing frames", Some(wait_ms));
-            return;
+    /// `Err`: the connection is abusing its limits and must be closed.
+    pub(super) async fn on_typing(&self, typing: TypingFrame) -> Result<(), CloseCode> {
+        let limits = &self.node.config.rate_limits;
+        let limit = self.typing_limit.get_or_init(|| RateLimit::new(limits.typing_per_sec, limits.typing_burst));
+        if !self.limited(None, "typing", limit.check())? {
+            return Ok(());
+        }
+        // Ephemeral traffic is the first shed under memory pressure.
+        if self.node.admission.under_memory_pressure() {
+            metrics::counter!("switchboard_ephemeral_shed_total", "kind" => "typing").increment(1);
+            return Ok(());
         }
         let TypingFrame { conv, state } = typing;
         let user = &self.identity.user;
@@ -114,9 +97,9 @@ impl Connection {
             ConvKind::Dm => conv.dm_peer(user).into_iter().collect(),
             ConvKind::Group => match self.node.groups.get(self.node.store.as_ref(), &conv).await {
                 Ok(Some(group)) => group.members.to_vec(),
-                _ => return,
+                _ => return Ok(()),
             },
-            ConvKind::Feed => return,
+            ConvKind::Feed => return Ok(()),
         };
         let event = frame(&TypingEvent { conv, user: user.clone(), state });
         for member in members.iter().filter(|member| *member != user) {
@@ -125,6 +108,7 @@ impl Connection {
             }
         }
         metrics::counter!("switchboard_typing_relayed_total").increment(1);
+        Ok(())
     }
 
     /// `receipts`: every member's delivered and read marks.
