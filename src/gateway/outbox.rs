@@ -141,21 +141,30 @@ impl Outbox {
     /// replay of stored messages, which the connection itself paces.
     pub async fn push_wait(&self, frame: Utf8Bytes, timeout: Duration) -> Push {
         let deadline = tokio::time::Instant::now() + timeout;
+        let len = frame.len();
+        self.wait_for(deadline, |state| state.close.is_some() || self.fits(state, len)).await;
+        let state = self.lock();
+        if state.close.is_some() {
+            return Push::Closed;
+        }
+        if self.fits(&state, len) {
+            return self.enqueue(state, frame);
+        }
+        self.overflow(state)
+    }
+
+    /// Waits until `ready` holds for the state (checked whenever the writer makes room)
+    /// or `deadline` passes; returns whether it held.
+    async fn wait_for(&self, deadline: tokio::time::Instant, ready: impl Fn(&State) -> bool) -> bool {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let state = self.lock();
-                if state.close.is_some() {
-                    return Push::Closed;
-                }
-                if self.fits(&state, frame.len()) {
-                    return self.enqueue(state, frame);
-                }
+            if ready(&self.lock()) {
+                return true;
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return self.overflow(self.lock());
+                return false;
             }
         }
     }
@@ -171,20 +180,7 @@ impl Outbox {
     /// instead of overflowing its own outbox with replies. Returns whether it got there.
     pub async fn wait_half_empty(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let state = self.lock();
-                if state.close.is_some() || !self.over_half(&state) {
-                    return true;
-                }
-            }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return false;
-            }
-        }
+        self.wait_for(deadline, |state| state.close.is_some() || !self.over_half(state)).await
     }
 
     /// Appends a frame that fits, then wakes the writer (after unlocking).
