@@ -143,6 +143,9 @@ pub struct GatewayConfig {
     pub max_inflight_requests: usize,
     /// Timeout of one request (a send waiting for its ack), ms. Default 5000.
     pub request_timeout_ms: u64,
+    /// A batch of frames the socket does not take within this long ends the connection
+    /// (the peer stopped reading), ms. Default 10000.
+    pub write_timeout_ms: u64,
     /// Open connections this node accepts; past it upgrades get 503. Default 1000000.
     pub max_connections: usize,
     /// Open connections from one IP address; past it upgrades get 503. 0: no limit
@@ -173,6 +176,7 @@ impl Default for GatewayConfig {
             outbox_max_bytes: 1024 * 1024,
             max_inflight_requests: 64,
             request_timeout_ms: 5_000,
+            write_timeout_ms: 10_000,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,
             accepts_per_sec: 20_000.0,
@@ -191,6 +195,9 @@ impl GatewayConfig {
     }
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -486,6 +493,7 @@ impl Config {
         for (name, value) in [
             ("gateway.handshake_timeout_ms", gateway.handshake_timeout_ms),
             ("gateway.request_timeout_ms", gateway.request_timeout_ms),
+            ("gateway.write_timeout_ms", gateway.write_timeout_ms),
             ("shutdown.grace_ms", self.shutdown.grace_ms),
         ] {
             if value == 0 {

@@ -75,9 +75,13 @@ impl GroupCache {
         self.cache.insert(conv, Some(info));
     }
 
-    /// Forgets a group, so the next reader loads it from the store.
-    pub fn forget(&self, conv: &ConvId) {
-        self.cache.remove(conv);
+    /// Groups (and known-missing ids) cached now.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
     }
 }
 

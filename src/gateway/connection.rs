@@ -242,13 +242,22 @@ impl Connection {
                 next = self.outbox.next(&mut batch, MAX_BATCH) => match next {
                     Next::Frames => {
                         let count = batch.len() as u64;
-                        for frame in batch.drain(..) {
-                            if sink.feed(Message::Text(frame)).await.is_err() {
+                        let write = async {
+                            for frame in batch.drain(..) {
+                                sink.feed(Message::Text(frame)).await?;
+                            }
+                            sink.flush().await
+                        };
+                        // A peer that stopped reading stalls the write: past the timeout
+                        // it is gone (its outbox has overflowed by then: it resumes).
+                        match tokio::time::timeout(gateway.write_timeout(), write).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                tracing::debug!("write stalled, dropping the connection");
+                                metrics::counter!("switchboard_write_stalls_total").increment(1);
                                 return;
                             }
-                        }
-                        if sink.flush().await.is_err() {
-                            return;
                         }
                         metrics::counter!("switchboard_frames_out_total").increment(count);
                         metrics::histogram!("switchboard_write_batch_frames").record(count as f64);

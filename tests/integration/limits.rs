@@ -44,9 +44,10 @@ async fn a_flooding_sender_is_rate_limited_then_closed_and_others_keep_their_lat
     assert!(limited >= 1400, "rate_limited {limited}, close {code:?}");
     assert!(waits.iter().all(|wait| (1..=1000).contains(wait)), "{waits:?}");
     assert_eq!(code, Some(4003));
-    // The bystander's p90 stays within 10x its baseline (+50 ms for a noisy machine).
-    let p90 = |latencies: &[f64]| latencies[latencies.len() * 9 / 10];
-    assert!(p90(&during) <= p90(&baseline) * 10.0 + 50.0, "baseline {baseline:?}, during {during:?}");
+    // The bystander's median round trip stays within 5x its baseline (+20 ms: the suite
+    // runs tests in parallel on a small machine), and none of its sends was refused.
+    let median = |latencies: &[f64]| latencies[latencies.len() / 2];
+    assert!(median(&during) <= median(&baseline) * 5.0 + 20.0, "baseline {baseline:?}, during {during:?}");
 }
 
 #[tokio::test]

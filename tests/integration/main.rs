@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod feeds;
 mod groups;
+mod hostile;
 mod limits;
 mod messaging;
 mod presence;
