@@ -18,6 +18,9 @@
 //! issued before `before` from then on (durably) and closes their live connections that
 //! use such tokens with 1008.
 //!
+//! With `SWITCHBOARD_FAULT_INJECTION=1` (drills and tests only), `POST /api/v1/fault/crash`
+//! `{"conv"}` makes that conversation's actor panic.
+//!
 //! Errors are JSON `{"error": "..."}` with 400 (bad body), 401 (token), 403 (not
 //! allowed), 404 (no such group), 503 with `Retry-After` (store or sequencer unavailable).
 
@@ -77,6 +80,7 @@ pub fn router() -> Router<Arc<Node>> {
         .route("/publish", post(publish))
         .route("/revoke", post(revoke))
         .route("/presence/{user}", get(presence))
+        .route("/fault/crash", post(fault_crash))
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -268,6 +272,36 @@ async fn presence(State(node): State<Arc<Node>>, headers: HeaderMap, Path(user):
             tracing::warn!(user.id = %user, error = %store_error, "presence unavailable");
             unavailable("storage unavailable; retry")
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CrashRequest {
+    conv: String,
+}
+
+/// Fault injection (only with `SWITCHBOARD_FAULT_INJECTION=1`, 404 otherwise): the
+/// conversation's actor panics, as a bug would make it, for drills and tests of the
+/// supervision tree.
+async fn fault_crash(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = refusal(&node, &headers) {
+        return refused;
+    }
+    if !node.fault_injection {
+        return error(StatusCode::NOT_FOUND, "fault injection is disabled (SWITCHBOARD_FAULT_INJECTION=1)");
+    }
+    let request: CrashRequest = match parse(&body, r#"{"conv": ...}"#) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
+    };
+    let conv = match ConvId::new(&request.conv) {
+        Ok(conv) => conv,
+        Err(id_error) => return error(StatusCode::BAD_REQUEST, &format!("conv: {id_error}")),
+    };
+    tracing::warn!(%conv, "fault injection: crashing the conversation actor");
+    match node.directory.conv(&node, &conv, ConvMsg::Crash).await {
+        Ok(()) => Json(json!({ "crashed": conv })).into_response(),
+        Err(directory_error) => unavailable(&directory_error.to_string()),
     }
 }
 

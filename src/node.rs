@@ -60,6 +60,11 @@ pub struct Node {
     pub live_user_actors: std::sync::atomic::AtomicUsize,
     pub live_conv_actors: std::sync::atomic::AtomicUsize,
     pub started: std::time::Instant,
+    /// `SWITCHBOARD_FAULT_INJECTION=1`: the admin API's fault hooks exist (drills, tests).
+    pub fault_injection: bool,
+    /// Set when the actor tree escalated past root's restart limit (the node stops and
+    /// exits with an error).
+    pub escalated: std::sync::atomic::AtomicBool,
     /// Bearer token of the admin API (`SWITCHBOARD_ADMIN_TOKEN`); `None` disables it.
     pub admin_token: Option<crate::admin::AdminToken>,
 }
@@ -99,6 +104,8 @@ impl Node {
             live_user_actors: std::sync::atomic::AtomicUsize::new(0),
             live_conv_actors: std::sync::atomic::AtomicUsize::new(0),
             started: std::time::Instant::now(),
+            fault_injection: std::env::var("SWITCHBOARD_FAULT_INJECTION").is_ok_and(|value| value == "1"),
+            escalated: std::sync::atomic::AtomicBool::new(false),
             admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
                 .ok()
                 .filter(|token| !token.is_empty())

@@ -81,11 +81,12 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let node = Arc::new(Node::new(config, store, bus, auth, directory, metrics));
         // Root escalating means the tree cannot keep itself alive: stop the node.
-        let shutdown = node.shutdown.clone();
+        let escalated = node.clone();
         tokio::spawn(async move {
             escalation.cancelled().await;
             tracing::error!("actor tree escalated past its restart limit; shutting down");
-            shutdown.cancel();
+            escalated.escalated.store(true, std::sync::atomic::Ordering::SeqCst);
+            escalated.shutdown.cancel();
         });
         tokio::spawn(housekeeping(node.clone()));
         Ok(Self { node, listener, local_addr })
@@ -130,6 +131,9 @@ impl Server {
         drop(listener);
         drain(&node).await;
         http_tasks.close();
+        if node.escalated.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("the actor tree failed past its restart limits; see the log above");
+        }
         Ok(())
     }
 }

@@ -101,8 +101,9 @@ pub enum ConvMsg {
     Written(write::WriteOutcome),
     /// Periodic: hibernate when idle.
     Tick,
-    /// Test hook: the actor panics, as a bug would make it.
-    #[cfg(test)]
+    /// Fault injection: the actor panics, as a bug would make it. Sent by tests and by
+    /// the admin API's `POST /api/v1/fault/crash`, which exists only when the node runs
+    /// with `SWITCHBOARD_FAULT_INJECTION=1`.
     Crash,
 }
 
@@ -241,8 +242,7 @@ impl Actor for ConvActor {
             ConvMsg::Mark { user, kind, seq } => state.on_mark(user, kind, seq).await,
             ConvMsg::Written(outcome) => state.on_written(&myself, outcome),
             ConvMsg::Tick => state.on_tick(&myself),
-            #[cfg(test)]
-            ConvMsg::Crash => panic!("test hook: conversation actor crash"),
+            ConvMsg::Crash => panic!("fault injection: conversation actor crash"),
         }
         Ok(())
     }

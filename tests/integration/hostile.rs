@@ -291,3 +291,75 @@ async fn sigterm_under_load_closes_with_1001_and_loses_nothing_acknowledged() {
     }
     assert!(total >= 10, "only {total} sends were acknowledged");
 }
+
+fn fault_server(max_restarts: u32) -> TestServer {
+    TestServer::start_with(Options {
+        config: format!("[actors]\nmax_restarts = {max_restarts}\nrestart_window_secs = 60\n"),
+        env: vec![("SWITCHBOARD_FAULT_INJECTION".to_owned(), "1".to_owned())],
+        ..Options::default()
+    })
+}
+
+/// Crashes `conv`'s actor; the HTTP status, 0 if the server is gone.
+async fn crash(server: &TestServer, conv: &str) -> u16 {
+    let body = json!({"conv": conv}).to_string();
+    let response = http::try_request(server.addr, "POST", "/api/v1/fault/crash", Some(ADMIN_TOKEN), &body).await;
+    response.map_or(0, |(status, _)| status)
+}
+
+#[tokio::test]
+async fn a_crashed_conversation_actor_restarts_and_loses_nothing_acknowledged() {
+    let server = fault_server(20);
+    let (mut alice, _) = TestClient::connect_synced(server.addr, "alice", "phone").await;
+    let (mut bob, _) = TestClient::connect_synced(server.addr, "bob", "phone").await;
+    let (crashing, bystander) = ("dm:alice:bob", "dm:alice:carol");
+    let mut acked = Vec::new();
+    for round in 0..5 {
+        for n in 0..10 {
+            let cmid = format!("r{round}n{n}");
+            // A send racing the crash may be refused: the client retries with its cmid.
+            let mut ack = alice.send_msg(crashing, &cmid, json!(n)).await;
+            for _ in 0..50 {
+                if ack["type"] == "ack" {
+                    break;
+                }
+                assert_eq!(ack["code"], "unavailable", "{ack}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ack = alice.send_msg(crashing, &cmid, json!(n)).await;
+            }
+            acked.push(ack["seq"].as_u64().expect("acked"));
+        }
+        assert_eq!(crash(&server, crashing).await, 200);
+        // The bystander conversation is untouched.
+        assert_eq!(alice.send_msg(bystander, &format!("b{round}"), json!(round)).await["seq"], round + 1);
+    }
+    assert_eq!(acked, (1..=50).collect::<Vec<_>>());
+    let mut delivered: Vec<u64> = Vec::new();
+    while delivered.len() < 50 {
+        let msg = bob.recv_type("msg").await;
+        delivered.push(msg["seq"].as_u64().unwrap());
+    }
+    assert_eq!(delivered, (1..=50).collect::<Vec<_>>());
+    assert!(server.log().contains("fault injection: conversation actor crash"));
+    // Without the variable the hook does not exist.
+    let plain = TestServer::start();
+    assert_eq!(crash(&plain, crashing).await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_past_the_restart_limits_stops_the_node() {
+    let mut server = fault_server(2);
+    let (mut client, _) = TestClient::connect_synced(server.addr, "alice", "phone").await;
+    for index in 0..20 {
+        if crash(&server, &format!("dm:alice:u{index}")).await != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The node gives up: clients are told to go elsewhere, the process exits with an
+    // error for its supervisor (systemd, Kubernetes) to restart it.
+    assert_eq!(client.expect_close().await, Some(1001));
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(15))).expect("still running");
+    assert!(!status.success(), "{status:?}");
+    assert!(server.log().contains("escalated past its restart limit"), "{}", server.log());
+}

@@ -19,6 +19,17 @@ pub(crate) async fn request(
     bearer: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    try_request(addr, method, path, bearer, body).await.expect("http io")
+}
+
+/// [`request`], with IO errors (a server that is gone) returned instead of panicking.
+pub(crate) async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let auth = bearer.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
@@ -31,11 +42,10 @@ pub(crate) async fn request(
         stream.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
     };
-    let response =
-        tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("http timeout").expect("http io");
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("http timeout")?;
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The value of a Prometheus series (summed over labels), 0 if absent.

@@ -23,6 +23,8 @@ pub(crate) struct Options {
     pub(crate) base_config: Option<PathBuf>,
     /// Extra command-line flags.
     pub(crate) args: Vec<String>,
+    /// Extra environment variables.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,7 @@ impl TestServer {
             .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SWITCHBOARD_LOG", "info,switchboard=debug")
             .env_remove("SWITCHBOARD_DEV")
+            .envs(self.options.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -128,6 +131,21 @@ impl TestServer {
             }
         }
         self.child = Some(child);
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status if it did.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The process id of the running server.
