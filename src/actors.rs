@@ -19,8 +19,12 @@
 //! Nothing acknowledged lives only in an actor: acks follow durable writes, and every
 //! actor rebuilds its state from the store.
 //!
-//! ractor mailboxes are unbounded, so bounds are ours: a conversation refuses sends past
-//! `actors.conv_max_pending` with `overloaded`, and a connection has at most
+//! ractor mailboxes are unbounded, so bounds are ours. The directory counts the messages
+//! it has handed to each actor and not yet handled ([`Mailbox`]): past
+//! `actors.user_mailbox_max` / `actors.conv_mailbox_max` it refuses droppable work (sends,
+//! membership changes, receipts) with [`DirectoryError::Overloaded`], which clients see
+//! as `overloaded`; attach and detach are never refused. A conversation also refuses
+//! sends past `actors.conv_max_pending`, and a connection has at most
 //! `gateway.max_inflight_requests` requests in flight.
 
 pub mod conversation;
@@ -57,6 +61,49 @@ pub enum DirectoryError {
     /// The actor could not be reached in time (supervisor restarting, node stopping).
     #[error("actor unreachable: {0}")]
     Unreachable(String),
+    /// The actor has too much work queued; the request is refused, not buffered.
+    #[error("actor overloaded: {0} messages queued")]
+    Overloaded(usize),
+}
+
+/// The number of messages handed to one actor and not yet handled: ractor's mailboxes
+/// are unbounded, this is how the directory bounds them. Shared by the directory and
+/// every incarnation of the actor (a crash loses its queued messages: the next
+/// incarnation starts the count over).
+#[derive(Debug, Default, Clone)]
+pub struct Mailbox(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Mailbox {
+    /// The actor handled one message the directory counted.
+    pub fn handled(&self) {
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |depth| Some(depth.saturating_sub(1)));
+    }
+
+    /// A new incarnation starts: nothing of the old one's queue is left.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn depth(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a message may be refused when its actor's mailbox is full.
+pub trait Droppable {
+    fn droppable(&self) -> bool;
+}
+
+impl Droppable for ConvMsg {
+    fn droppable(&self) -> bool {
+        matches!(self, ConvMsg::Send(_) | ConvMsg::Group(_) | ConvMsg::Mark { .. })
+    }
+}
+
+impl Droppable for UserMsg {
+    fn droppable(&self) -> bool {
+        matches!(self, UserMsg::Receipt { .. })
+    }
 }
 
 /// Finds (and starts) user and conversation actors by name.
@@ -64,9 +111,20 @@ pub enum DirectoryError {
 pub struct Directory {
     prefix: String,
     root: ActorRef<supervisor::SupervisorMsg>,
+    /// Message counts of live actors, by name (removed when an actor stops).
+    mailboxes: dashmap::DashMap<String, Mailbox>,
+    user_mailbox_max: usize,
+    conv_mailbox_max: usize,
 }
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// Mailbox bounds of the actors (see [`Mailbox`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxLimits {
+    pub user: usize,
+    pub conv: usize,
+}
 
 /// The hibernation clock of a user or conversation actor: sends `tick()` to the actor
 /// twice per idle period, so an idle actor stops within 1.5 idle periods. Dropping the
@@ -134,6 +192,7 @@ impl Directory {
     pub async fn start(
         policy: RestartPolicy,
         escalation: tokio_util::sync::CancellationToken,
+        mailbox_max: MailboxLimits,
     ) -> Result<Self, SpawnErr> {
         // Names live in a process-wide registry: a per-node prefix keeps nodes apart.
         let prefix = format!("sb{}", INSTANCE.fetch_add(1, Ordering::Relaxed));
@@ -154,7 +213,35 @@ impl Directory {
             },
         )
         .await?;
-        Ok(Self { prefix, root })
+        Ok(Self {
+            prefix,
+            root,
+            mailboxes: dashmap::DashMap::new(),
+            user_mailbox_max: mailbox_max.user,
+            conv_mailbox_max: mailbox_max.conv,
+        })
+    }
+
+    fn mailbox(&self, name: &str) -> Mailbox {
+        if let Some(mailbox) = self.mailboxes.get(name) {
+            return mailbox.clone();
+        }
+        self.mailboxes.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// An actor stopped: forget its count unless work for a successor is already queued.
+    pub fn forget_mailbox(&self, name: &str) {
+        self.mailboxes.remove_if(name, |_, mailbox| mailbox.depth() == 0);
+    }
+
+    /// The registry name of a conversation's actor.
+    pub fn conv_name(&self, conv: &ConvId) -> String {
+        format!("{}/conv/{conv}", self.prefix)
+    }
+
+    /// The registry name of a user's actor.
+    pub fn user_name(&self, user: &UserId) -> String {
+        format!("{}/user/{user}", self.prefix)
     }
 
     /// Stops the whole tree (shutdown), waiting up to `timeout`.
@@ -173,34 +260,46 @@ impl Directory {
 
     /// Hands `message` to the conversation's sequencer, starting it if needed.
     pub async fn conv(&self, node: &Arc<Node>, conv: &ConvId, message: ConvMsg) -> Result<(), DirectoryError> {
-        let name = format!("{}/conv/{conv}", self.prefix);
-        self.deliver(&name, "convs", message, |supervisor| {
-            Actor::spawn_linked(Some(name.clone()), ConvActor, (node.clone(), conv.clone()), supervisor)
+        let name = self.conv_name(conv);
+        let mailbox = self.mailbox(&name);
+        self.deliver(&name, "convs", message, &mailbox, self.conv_mailbox_max, |supervisor| {
+            let arguments = (node.clone(), conv.clone(), mailbox.clone());
+            Actor::spawn_linked(Some(name.clone()), ConvActor, arguments, supervisor)
         })
         .await
     }
 
     /// Hands `message` to the user's actor, starting it if needed.
     pub async fn user(&self, node: &Arc<Node>, user: &UserId, message: UserMsg) -> Result<(), DirectoryError> {
-        let name = format!("{}/user/{user}", self.prefix);
-        self.deliver(&name, "users", message, |supervisor| {
-            Actor::spawn_linked(Some(name.clone()), UserActor, (node.clone(), user.clone()), supervisor)
+        let name = self.user_name(user);
+        let mailbox = self.mailbox(&name);
+        self.deliver(&name, "users", message, &mailbox, self.user_mailbox_max, |supervisor| {
+            let arguments = (node.clone(), user.clone(), mailbox.clone());
+            Actor::spawn_linked(Some(name.clone()), UserActor, arguments, supervisor)
         })
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn deliver<M, F, Fut>(
         &self,
         name: &str,
         supervisor: &str,
         mut message: M,
+        mailbox: &Mailbox,
+        mailbox_max: usize,
         spawn: F,
     ) -> Result<(), DirectoryError>
     where
-        M: ractor::Message,
+        M: ractor::Message + Droppable,
         F: Fn(ActorCell) -> Fut,
         Fut: Future<Output = Result<(ActorRef<M>, tokio::task::JoinHandle<()>), SpawnErr>>,
     {
+        let depth = mailbox.depth();
+        if depth >= mailbox_max && message.droppable() {
+            metrics::counter!("switchboard_mailbox_refused_total", "actors" => supervisor.to_owned()).increment(1);
+            return Err(DirectoryError::Overloaded(depth));
+        }
         let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
         loop {
             let actor = match ractor::registry::where_is(name) {
@@ -226,12 +325,19 @@ impl Directory {
                     }
                 }
             };
+            mailbox.0.fetch_add(1, Ordering::Relaxed);
             match actor.cast(message) {
                 Ok(()) => return Ok(()),
                 // The actor is hibernating or stopping: it takes no new messages. Wait for
                 // its name to be free and start a new one.
-                Err(MessagingErr::SendErr(returned)) => message = returned,
-                Err(error) => return Err(DirectoryError::Unreachable(error.to_string())),
+                Err(MessagingErr::SendErr(returned)) => {
+                    mailbox.handled();
+                    message = returned;
+                }
+                Err(error) => {
+                    mailbox.handled();
+                    return Err(DirectoryError::Unreachable(error.to_string()));
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(DirectoryError::Unreachable(format!("{name} did not take the message in time")));

@@ -226,6 +226,11 @@ pub struct ActorsConfig {
     /// Recent `cmid`s a conversation actor remembers without asking the store.
     /// Default 1024.
     pub conv_dedup_cache: usize,
+    /// Messages queued for one user actor before its receipts are refused. Default 1024.
+    pub user_mailbox_max: usize,
+    /// Messages queued for one conversation actor before sends, membership changes and
+    /// receipts for it are refused with `overloaded`. Default 8192.
+    pub conv_mailbox_max: usize,
 }
 
 impl Default for ActorsConfig {
@@ -238,6 +243,8 @@ impl Default for ActorsConfig {
             conv_max_batch: 256,
             conv_max_pending: 4096,
             conv_dedup_cache: 1024,
+            user_mailbox_max: 1024,
+            conv_mailbox_max: 8192,
         }
     }
 }
@@ -508,6 +515,8 @@ impl Config {
             ("gateway.max_connections", gateway.max_connections),
             ("actors.conv_max_batch", self.actors.conv_max_batch),
             ("actors.conv_max_pending", self.actors.conv_max_pending),
+            ("actors.user_mailbox_max", self.actors.user_mailbox_max),
+            ("actors.conv_mailbox_max", self.actors.conv_mailbox_max),
             ("store_options.resume_page", self.store_options.resume_page),
             ("groups.max_members", self.groups.max_members),
             ("groups.cache_entries", self.groups.cache_entries),

@@ -26,8 +26,8 @@ use switchboard_proto::close::CloseCode;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
-use crate::actors::Directory;
 use crate::actors::supervisor::RestartPolicy;
+use crate::actors::{Directory, MailboxLimits};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gateway::PeerAddr;
@@ -75,7 +75,9 @@ impl Server {
             max_restarts: config.actors.max_restarts,
             window: Duration::from_secs(config.actors.restart_window_secs),
         };
-        let directory = Directory::start(policy, escalation.clone()).await.context("cannot start the actor tree")?;
+        let mailboxes = MailboxLimits { user: config.actors.user_mailbox_max, conv: config.actors.conv_mailbox_max };
+        let directory =
+            Directory::start(policy, escalation.clone(), mailboxes).await.context("cannot start the actor tree")?;
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;

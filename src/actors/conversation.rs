@@ -156,6 +156,8 @@ pub struct ConvState {
     epoch: u64,
     /// The members of a dm (fixed by its id).
     dm_members: Arc<[UserId]>,
+    /// What the directory counts as queued for this actor.
+    mailbox: super::Mailbox,
     /// A group's name and members as sequenced so far (`None`: no such group).
     group: Option<Arc<GroupInfo>>,
     /// A group's receipt marks, loaded on the first receipt.
@@ -192,13 +194,14 @@ impl std::fmt::Debug for ConvState {
 impl Actor for ConvActor {
     type Msg = ConvMsg;
     type State = ConvState;
-    type Arguments = (Arc<Node>, ConvId);
+    type Arguments = (Arc<Node>, ConvId, super::Mailbox);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        (node, conv): Self::Arguments,
+        (node, conv, mailbox): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        mailbox.reset();
         let idle = Duration::from_millis(node.config.actors.conv_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || ConvMsg::Tick);
         let live = super::LiveActor::new(node.clone(), super::ActorKind::Conv);
@@ -214,6 +217,7 @@ impl Actor for ConvActor {
             durable_seq: 0,
             epoch: 0,
             dm_members: dm_members.into(),
+            mailbox,
             group: None,
             marks: None,
             pending: Vec::new(),
@@ -236,6 +240,9 @@ impl Actor for ConvActor {
         message: ConvMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if matches!(message, ConvMsg::Send(_) | ConvMsg::Group(_) | ConvMsg::Mark { .. } | ConvMsg::Crash) {
+            state.mailbox.handled();
+        }
         match message {
             ConvMsg::Send(request) => state.on_send(&myself, request).await,
             ConvMsg::Group(request) => state.on_group(&myself, request).await,
@@ -243,6 +250,13 @@ impl Actor for ConvActor {
             ConvMsg::Written(outcome) => state.on_written(&myself, outcome),
             ConvMsg::Tick => state.on_tick(&myself),
             ConvMsg::Crash => panic!("fault injection: conversation actor crash"),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        if let Some(name) = myself.get_name() {
+            state.node.directory.forget_mailbox(&name);
         }
         Ok(())
     }

@@ -20,18 +20,23 @@ use crate::node::Node;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 
 async fn node(max_restarts: u32) -> (Arc<Node>, CancellationToken, tempfile::TempDir) {
+    node_with(max_restarts, 1024).await
+}
+
+async fn node_with(max_restarts: u32, conv_mailbox: usize) -> (Arc<Node>, CancellationToken, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
     let config = Config { dev: true, ..Config::default() };
     let auth = Authenticator::new(&config.auth, None, true).unwrap();
     let escalation = CancellationToken::new();
     let policy = RestartPolicy { max_restarts, window: Duration::from_secs(60) };
-    let directory = Directory::start(policy, escalation.clone()).await.unwrap();
+    let mailboxes = super::MailboxLimits { user: 1024, conv: conv_mailbox };
+    let directory = Directory::start(policy, escalation.clone(), mailboxes).await.unwrap();
     let node = Node::new(config, Arc::new(store), Arc::new(InProcessBus::new()), auth, directory, None);
     (Arc::new(node), escalation, dir)
 }
 
-async fn send(node: &Arc<Node>, conv: &ConvId, cmid: &str) -> Result<Accepted, SendError> {
+fn request(cmid: &str) -> (SendRequest, oneshot::Receiver<Result<Accepted, SendError>>) {
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = SendRequest {
         from: UserId::new("alice").unwrap(),
@@ -43,6 +48,11 @@ async fn send(node: &Arc<Node>, conv: &ConvId, cmid: &str) -> Result<Accepted, S
         admin: false,
         reply: reply_tx,
     };
+    (request, reply_rx)
+}
+
+async fn send(node: &Arc<Node>, conv: &ConvId, cmid: &str) -> Result<Accepted, SendError> {
+    let (request, reply_rx) = request(cmid);
     if node.directory.conv(node, conv, ConvMsg::Send(request)).await.is_err() {
         return Err(SendError::Unavailable);
     }
@@ -97,4 +107,34 @@ async fn a_crash_loop_past_the_restart_limit_escalates() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::timeout(Duration::from_secs(5), escalation.cancelled()).await.expect("the supervisor never escalated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_work_instead_of_buffering_it() {
+    let (node, _escalation, _dir) = node_with(5, 16).await;
+    let busy = conv("bob");
+    // Warm the actor up, then queue far more than 16 sends without waiting.
+    assert_eq!(send(&node, &busy, "warm").await.unwrap().seq, 1);
+    let (mut refused, mut replies) = (0, Vec::new());
+    for index in 0..2_000 {
+        let (request, reply) = request(&format!("c{index}"));
+        match node.directory.conv(&node, &busy, ConvMsg::Send(request)).await {
+            Ok(()) => replies.push(reply),
+            Err(super::DirectoryError::Overloaded(depth)) => {
+                assert!(depth >= 16, "{depth}");
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(refused > 0, "nothing was refused");
+    // Everything that was taken is answered, with consecutive seqs.
+    let mut seqs = Vec::new();
+    for reply in replies {
+        seqs.push(tokio::time::timeout(Duration::from_secs(10), reply).await.unwrap().unwrap().unwrap().seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..2 + seqs.len() as u64).collect::<Vec<_>>());
+    // The count drained with the queue: new work is taken again.
+    assert!(send(&node, &busy, "after").await.is_ok());
 }

@@ -60,6 +60,8 @@ struct Departure {
 pub struct UserState {
     node: Arc<Node>,
     user: UserId,
+    /// What the directory counts as queued for this actor.
+    mailbox: super::Mailbox,
     last_work: Instant,
     departures: u64,
     pending_offline: Option<Departure>,
@@ -71,19 +73,21 @@ pub struct UserState {
 impl Actor for UserActor {
     type Msg = UserMsg;
     type State = UserState;
-    type Arguments = (Arc<Node>, UserId);
+    type Arguments = (Arc<Node>, UserId, super::Mailbox);
 
     async fn pre_start(
         &self,
         myself: ActorRef<UserMsg>,
-        (node, user): Self::Arguments,
+        (node, user, mailbox): Self::Arguments,
     ) -> Result<UserState, ActorProcessingErr> {
+        mailbox.reset();
         let idle = Duration::from_millis(node.config.actors.user_idle_ms);
         let ticker = super::hibernation_ticker(&myself, idle, || UserMsg::Tick);
         let live = super::LiveActor::new(node.clone(), super::ActorKind::User);
         Ok(UserState {
             node,
             user,
+            mailbox,
             last_work: Instant::now(),
             departures: 0,
             pending_offline: None,
@@ -98,6 +102,9 @@ impl Actor for UserActor {
         message: UserMsg,
         state: &mut UserState,
     ) -> Result<(), ActorProcessingErr> {
+        if matches!(message, UserMsg::Attach { .. } | UserMsg::Detach { .. } | UserMsg::Receipt { .. }) {
+            state.mailbox.handled();
+        }
         match message {
             UserMsg::Attach { session, reply } => state.on_attach(session, reply),
             UserMsg::Detach { device, conn_id } => state.on_detach(&myself, &device, conn_id).await,
@@ -106,6 +113,13 @@ impl Actor for UserActor {
             }
             UserMsg::OfflineCheck(number) => state.on_offline_check(number),
             UserMsg::Tick => state.on_tick(&myself),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, myself: ActorRef<UserMsg>, state: &mut UserState) -> Result<(), ActorProcessingErr> {
+        if let Some(name) = myself.get_name() {
+            state.node.directory.forget_mailbox(&name);
         }
         Ok(())
     }

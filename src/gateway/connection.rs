@@ -47,6 +47,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use super::outbox::{Next, Outbox, Push};
+use crate::actors::DirectoryError;
 use crate::actors::conversation::{Accepted, ConvMsg, SendError, SendRequest};
 use crate::actors::user::UserMsg;
 use crate::auth::Identity;
@@ -484,13 +485,7 @@ impl Connection {
             reply: reply_tx,
         };
         if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Send(request)).await {
-            tracing::warn!(%conv, %error, "send not delivered to its conversation");
-            self.reply_error(
-                r#ref.as_deref(),
-                ErrorCode::Unavailable,
-                "conversation unavailable; retry with the same cmid",
-                Some(200),
-            );
+            self.directory_error(r#ref.as_deref(), &conv, &error);
             return Ok(());
         }
         let timeout = self.node.config.gateway.request_timeout();
@@ -511,6 +506,18 @@ impl Connection {
             Ok(Accepted { seq, mid, ts, dup }) => self.push(frame(&Ack { r#ref, conv, seq, mid, ts, dup })),
             Err(error) => self.conv_error(r#ref.as_deref(), &error),
         }
+    }
+
+    /// Answers a request its conversation's actor could not take.
+    fn directory_error(&self, r#ref: Option<&str>, conv: &ConvId, error: &DirectoryError) {
+        let refusal = match error {
+            DirectoryError::Overloaded(_) => SendError::Overloaded,
+            _ => {
+                tracing::warn!(%conv, %error, "request not delivered to its conversation");
+                SendError::Unavailable
+            }
+        };
+        self.conv_error(r#ref, &refusal);
     }
 
     /// Answers a refused send or membership change.

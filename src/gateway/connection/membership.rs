@@ -49,8 +49,7 @@ impl Connection {
         let request =
             GroupRequest { by: self.identity.user.clone(), dev: self.identity.device.clone(), change, reply: reply_tx };
         if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Group(request)).await {
-            tracing::warn!(%conv, %error, "group request not delivered to its conversation");
-            self.conv_error(r#ref.as_deref(), &SendError::Unavailable);
+            self.directory_error(r#ref.as_deref(), &conv, &error);
             return;
         }
         let result = match tokio::time::timeout(self.node.config.gateway.request_timeout(), reply_rx).await {
