@@ -1,5 +1,5 @@
-//! The HTTP side of the one listener: `/ws` (the gateway), `/healthz`, `/readyz` and
-//! `/metrics`.
+//! The HTTP side of the one listener: `/ws` (the gateway), `/healthz`, `/readyz`,
+//! `/metrics`, the admin API under `/api/v1/` and the web chat page at `/` ([`crate::web`]).
 //!
 //! `/healthz` says the process is alive. `/readyz` says it should get traffic: not
 //! shutting down, and the store answers within a second. `/metrics` is the Prometheus
@@ -26,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", crate::admin::router())
+        .merge(crate::web::router())
         .with_state(node)
 }
 

@@ -5,6 +5,7 @@
 //! - [`config`]: the configuration tree (file, env, flags) and its validation.
 //! - [`server`]: start-up, the accept loop and the ordered, bounded shutdown.
 //! - [`http`]: the one listener's routes: `/ws`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`web`]: the web chat page at `/`, embedded in the binary (no build step).
 //! - [`gateway`]: the WebSocket upgrade (auth and origin checks before any actor exists),
 //!   the per-socket connection task and its bounded, coalescing [`gateway::outbox`].
 //! - [`auth`]: JWT verification and development identities.
@@ -39,3 +40,4 @@ pub mod presence;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod web;

@@ -7,13 +7,17 @@
 #      store conformance suite against both stores;
 #   3. the integration suite again with every test server on the CQL store;
 #   4. the fault test that kills and restarts Cassandra mid-traffic;
-#   5. doc tests. Cassandra is stopped on exit, whatever happened.
+#   5. doc tests;
+#   6. the web chat page in a real headless Chromium (tests/browser: Debian's chromium and
+#      playwright-core, installed by tests/browser/setup.sh when missing).
+# Cassandra is stopped on exit, whatever happened.
 #
-# Usage: tests/run-all.sh            (from anywhere; needs cargo, java 17 and mvn)
+# Usage: tests/run-all.sh   (from anywhere; needs cargo, java 17, mvn, node and npm, and
+#                            root or sudo the first time, to install chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo java mvn; do
+for tool in cargo java mvn node npm; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run-all: $tool is required" >&2; exit 1; }
 done
 
@@ -53,6 +57,10 @@ run cargo test --locked --test integration cql_fault -- --ignored --nocapture
 
 echo "==> doc tests"
 run cargo test --workspace --doc --locked
+
+echo "==> browser: the web chat page in headless Chromium"
+bash tests/browser/setup.sh
+run node tests/browser/chat.test.mjs "$PWD/target/debug/switchboard"
 
 # One closing line over every step (set -o pipefail has already stopped on a failure).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "total: %d passed, %d failed\n", passed, failed }' "$results"
