@@ -569,7 +569,7 @@ impl Connection {
         self.outbox.hold();
         let mut replayed = HashMap::new();
         let outcome = self.replay(cursors, &mut replayed).await;
-        self.outbox.release(&replayed);
+        self.outbox.release(replayed);
         match outcome {
             Ok(heads) => {
                 self.push(frame(&Synced { r#ref, convs: heads }));

@@ -45,6 +45,10 @@ pub enum Next {
     Close(CloseCode),
 }
 
+/// How long after a resume live messages are checked against what it replayed: far
+/// longer than a fanout takes after its batch is stored.
+const REPLAY_OVERLAP: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 struct Held {
     conv: ConvId,
@@ -60,6 +64,17 @@ struct State {
     /// `Some` while the device resumes: live messages wait here.
     held: Option<Vec<Held>>,
     held_bytes: usize,
+    /// After a resume, for a short while: the seqs the replay covered per conversation,
+    /// so a live message that was stored (and replayed) before its fanout reached this
+    /// connection is not delivered a second time.
+    replayed: Option<Box<Replayed>>,
+}
+
+/// What a finished replay covered, and until when it is worth checking.
+#[derive(Debug)]
+struct Replayed {
+    until: std::time::Instant,
+    high: HashMap<ConvId, u64>,
 }
 
 /// A bounded queue of encoded frames for one connection. Shared as `Arc<Outbox>`.
@@ -112,6 +127,14 @@ impl Outbox {
         }
         if !self.fits(&state, frame.len()) {
             return self.overflow(state);
+        }
+        if let Some(replayed) = &state.replayed {
+            if std::time::Instant::now() > replayed.until {
+                state.replayed = None;
+            } else if replayed.high.get(conv).is_some_and(|&high| seq <= high) {
+                metrics::counter!("switchboard_replay_duplicates_dropped_total").increment(1);
+                return Push::Queued;
+            }
         }
         if state.held.is_some() {
             state.held_bytes += frame.len();
@@ -216,7 +239,12 @@ impl Outbox {
 
     /// Ends a resume: queues the held live messages, except those whose seq the replay
     /// already covered (`replayed`: conv -> highest seq written by the replay).
-    pub fn release(&self, replayed: &HashMap<ConvId, u64>) -> Push {
+    ///
+    /// A message is visible in the store a moment before its fanout reaches the
+    /// connections, so the replay may have carried a message whose live copy arrives only
+    /// after this release: for [`REPLAY_OVERLAP`] afterwards, live messages the replay
+    /// covered are dropped too.
+    pub fn release(&self, replayed: HashMap<ConvId, u64>) -> Push {
         let mut state = self.lock();
         let Some(held) = state.held.take() else {
             return Push::Queued;
@@ -232,6 +260,8 @@ impl Outbox {
             state.bytes += frame.len();
             state.queue.push_back(frame);
         }
+        state.replayed = (!replayed.is_empty())
+            .then(|| Box::new(Replayed { until: std::time::Instant::now() + REPLAY_OVERLAP, high: replayed }));
         drop(state);
         self.wake.notify_one();
         Push::Queued
@@ -377,11 +407,16 @@ mod tests {
         outbox.push_message(&conv, 4, frame("live4"));
         outbox.push_message(&other, 1, frame("other1"));
         outbox.push(frame("replay3"));
-        let replayed = HashMap::from([(conv.clone(), 3)]);
-        outbox.release(&replayed);
+        let replayed = HashMap::from([(conv.clone(), 5)]);
+        outbox.push(frame("replay4"));
+        outbox.push(frame("replay5"));
+        outbox.release(replayed);
+        // The replay carried 5 before its live copy arrived: not delivered twice.
+        outbox.push_message(&conv, 5, frame("live5"));
+        outbox.push_message(&conv, 6, frame("live6"));
         let mut batch = Vec::new();
         outbox.next(&mut batch, 64).await;
-        assert_eq!(batch, vec![frame("replay3"), frame("live4"), frame("other1")]);
+        assert_eq!(batch, vec![frame("replay3"), frame("replay4"), frame("replay5"), frame("other1"), frame("live6")]);
     }
 
     #[tokio::test]

@@ -94,7 +94,7 @@ impl Connection {
             Ok(position) => HashMap::from([(conv.clone(), *position)]),
             Err(_) => HashMap::new(),
         };
-        self.outbox.release(&replayed);
+        self.outbox.release(replayed);
         metrics::counter!("switchboard_feed_subscriptions_total").increment(1);
         match outcome {
             Ok(_) => Ok(()),
