@@ -274,10 +274,13 @@ impl GroupMarks {
         if kind == MarkKind::Read {
             entry[1] = entry[1].max(seq);
         }
+        let after = *entry;
         let mut moved = Vec::new();
         for (index, kind) in [(0, MarkKind::Delivered), (1, MarkKind::Read)] {
-            // Above the aggregate before, this member cannot have been holding it back.
-            if before[index] > self.all[index] || !group.is_member(user) {
+            // A mark that did not move moves no aggregate (a delivered receipt never
+            // rescans the read marks); above the aggregate before, this member cannot
+            // have been holding it back.
+            if after[index] == before[index] || before[index] > self.all[index] || !group.is_member(user) {
                 continue;
             }
             let lowest = self.lowest(group, index);
