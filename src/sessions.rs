@@ -118,13 +118,23 @@ impl Sessions {
     /// Queues a reliable non-message frame (e.g. a receipt) for every device of `user`
     /// except connection `except`.
     pub fn deliver(&self, user: &UserId, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        self.push_each(user, except, |outbox| outbox.push(frame.clone()))
+    }
+
+    /// Queues an ephemeral frame (typing) for every device of `user` except connection
+    /// `except`; shed by outboxes that are filling up.
+    pub fn deliver_ephemeral(&self, user: &UserId, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        self.push_each(user, except, |outbox| outbox.push_ephemeral(frame.clone()))
+    }
+
+    fn push_each(&self, user: &UserId, except: Option<u64>, push: impl Fn(&Outbox) -> Push) -> usize {
         let Some(devices) = self.users.get(user) else {
             return 0;
         };
         devices
             .iter()
             .filter(|session| Some(session.conn_id) != except)
-            .filter(|session| session.outbox.push(frame.clone()) == Push::Queued)
+            .filter(|session| push(&session.outbox) == Push::Queued)
             .count()
     }
 

@@ -432,7 +432,14 @@ impl ConvState {
         } else {
             Vec::new()
         };
-        let task = WriteTask::new(self.node.clone(), self.conv.clone(), self.epoch, index_users, batch, myself.clone());
+        let task = WriteTask {
+            node: self.node.clone(),
+            conv: self.conv.clone(),
+            epoch: self.epoch,
+            index_users,
+            batch,
+            myself: myself.clone(),
+        };
         self.node.tasks.spawn(task.run());
     }
 

@@ -30,26 +30,15 @@ pub struct WriteOutcome {
 }
 
 pub(super) struct WriteTask {
-    node: Arc<Node>,
-    conv: ConvId,
-    epoch: u64,
-    index_users: Vec<UserId>,
-    batch: Vec<Pending>,
-    myself: ActorRef<ConvMsg>,
+    pub(super) node: Arc<Node>,
+    pub(super) conv: ConvId,
+    pub(super) epoch: u64,
+    pub(super) index_users: Vec<UserId>,
+    pub(super) batch: Vec<Pending>,
+    pub(super) myself: ActorRef<ConvMsg>,
 }
 
 impl WriteTask {
-    pub(super) fn new(
-        node: Arc<Node>,
-        conv: ConvId,
-        epoch: u64,
-        index_users: Vec<UserId>,
-        batch: Vec<Pending>,
-        myself: ActorRef<ConvMsg>,
-    ) -> Self {
-        Self { node, conv, epoch, index_users, batch, myself }
-    }
-
     pub(super) async fn run(self) {
         let WriteTask { node, conv, epoch, mut index_users, batch, myself } = self;
         let keys: Vec<DedupKey> = batch

@@ -103,9 +103,7 @@ impl Connection {
         };
         let event = frame(&TypingEvent { conv, user: user.clone(), state });
         for member in members.iter().filter(|member| *member != user) {
-            for session in self.node.sessions.devices(member) {
-                let _ = session.outbox.push_ephemeral(event.clone());
-            }
+            self.node.sessions.deliver_ephemeral(member, &event, None);
         }
         metrics::counter!("switchboard_typing_relayed_total").increment(1);
         Ok(())
