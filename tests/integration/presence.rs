@@ -95,6 +95,10 @@ async fn presence_is_per_user_debounced_and_keeps_last_seen() {
     watcher.send_json(watch).await;
     presence_of(&mut watcher, "alice").await;
     watcher.send_json(json!({"type": "presence_unsub", "users": ["alice"]})).await;
+    // `presence_unsub` has no reply: a later request on the same connection, answered in
+    // order, shows it has been applied before alice comes online.
+    watcher.send_json(json!({"type": "presence_sub", "users": ["nobody"]})).await;
+    presence_of(&mut watcher, "nobody").await;
     let (_alice, _) = TestClient::connect_synced(server.addr, "alice", "phone").await;
     watcher.expect_silence(Duration::from_millis(DEBOUNCE_MS)).await;
 }
