@@ -1,0 +1,24 @@
+//! The synchronization primitives our own concurrent code is built on, taken from std
+//! in a normal build and from the `loom` crate under `--cfg switchboard_loom`.
+//!
+//! Loom checks a concurrent algorithm by running it under every interleaving of its
+//! threads' synchronizing operations (up to a bound on preemptions). It can only see the
+//! operations of its own types, so the primitives it models (the outbox's queue) take
+//! their locks from here: the loom models run the production code, not a copy of it.
+//! Everything else keeps using std, tokio and dashmap directly.
+//!
+//! The cfg is ours, not the customary `loom`: it is set for every crate of the build, and
+//! tokio under `cfg(loom)` leaves out `tokio::net`, which axum and the gateway need.
+
+#[cfg(switchboard_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(switchboard_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, recovering the data from a poisoned lock.
+///
+/// For locks whose every critical section is a few field updates that cannot leave the
+/// data inconsistent, so a panic elsewhere while holding one does not make it unusable.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
