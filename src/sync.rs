@@ -1,17 +1,25 @@
 //! The synchronization primitives our own concurrent code is built on, taken from std
-//! in a normal build and from the `loom` crate under `--cfg switchboard_loom`.
+//! (and dashmap) in a normal build and from the `loom` crate under
+//! `--cfg switchboard_loom`.
 //!
 //! Loom checks a concurrent algorithm by running it under every interleaving of its
 //! threads' synchronizing operations (up to a bound on preemptions). It can only see the
-//! operations of its own types, so the primitives it models (the outbox's queue) take
-//! their locks from here: the loom models run the production code, not a copy of it.
-//! Everything else keeps using std, tokio and dashmap directly.
+//! operations of its own types, so the primitives it models (the outbox's queue, the
+//! session registry) take their locks, atomics and maps from here: the loom models run
+//! the production code, not a copy of it. Everything else keeps using std, tokio and
+//! dashmap directly.
 //!
 //! The cfg is ours, not the customary `loom`: it is set for every crate of the build, and
 //! tokio under `cfg(loom)` leaves out `tokio::net`, which axum and the gateway need.
 
+pub(crate) mod map;
+
+#[cfg(switchboard_loom)]
+pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(switchboard_loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(switchboard_loom))]
+pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
 #[cfg(not(switchboard_loom))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
