@@ -14,7 +14,10 @@
 //! even when attaches and detaches race. They normally do not: the user actor (see
 //! [`crate::actors::user`]) serializes them, decides replacement (4002) and debounces the
 //! presence events. But a connection whose user actor is unreachable detaches directly,
-//! and the registry stays right then too.
+//! and the registry stays right then too. `loom_model.rs` checks this under loom.
+
+#[cfg(all(test, switchboard_loom))]
+mod loom_model;
 
 use std::sync::Arc;
 

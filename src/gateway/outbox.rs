@@ -20,6 +20,9 @@
 
 mod queue;
 
+#[cfg(all(test, switchboard_loom))]
+mod loom_model;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
