@@ -6,7 +6,8 @@
 //! (frame coalescing: several frames, one flush, usually one syscall).
 //!
 //! The queue is bounded in frames and bytes. The degradation order of DESIGN section 4:
-//! ephemeral frames (typing, presence) are dropped first, once the queue is half full;
+//! ephemeral frames (typing, presence) are dropped first, once the outbox is half full
+//! (queued and held frames alike);
 //! a reliable frame that does not fit marks the connection a slow consumer: it is closed
 //! with 4001 and the client resumes from its cursor, so nothing is dropped silently.
 //!
@@ -97,8 +98,9 @@ impl Outbox {
         self.woken(self.queue.push_message(conv, seq, frame))
     }
 
-    /// Queues an ephemeral frame (typing, presence) unless the queue is half full, in
-    /// which case it is shed: these are the first to go under pressure.
+    /// Queues an ephemeral frame (typing, presence) unless the outbox is half full
+    /// (queued and held frames alike), in which case it is shed: these are the first to
+    /// go under pressure.
     pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Push {
         self.woken(self.queue.push_ephemeral(frame))
     }
@@ -252,6 +254,20 @@ mod tests {
         assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
         assert_eq!(outbox.push(frame("m")), Push::Queued);
         assert!(!outbox.is_closing());
+    }
+
+    #[tokio::test]
+    async fn held_frames_count_when_shedding_ephemeral_ones() {
+        let outbox = Outbox::new(4, 1024);
+        let conv = ConvId::new("dm:a:b").unwrap();
+        outbox.hold();
+        assert_eq!(outbox.push_message(&conv, 1, frame("m1")), Push::Queued);
+        assert_eq!(outbox.push_message(&conv, 2, frame("m2")), Push::Queued);
+        // Half the outbox is taken by held messages: typing and presence go first.
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
+        assert_eq!(outbox.push_message(&conv, 3, frame("m3")), Push::Queued);
+        assert_eq!(outbox.push_message(&conv, 4, frame("m4")), Push::Queued);
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
     }
 
     #[tokio::test]

@@ -144,13 +144,16 @@ impl Queue {
         self.enqueue(state, frame)
     }
 
-    /// Queues an ephemeral frame unless the queue is half full, in which case it is shed.
+    /// Queues an ephemeral frame unless the outbox is half full, in which case it is
+    /// shed. Held frames count: they will be written too, and without them a resume
+    /// could let ephemeral frames push the outbox past its bounds.
     pub(crate) fn push_ephemeral(&self, frame: Utf8Bytes) -> (Push, Wake) {
         let state = self.lock();
         if state.close.is_some() {
             return (Push::Closed, Wake::NONE);
         }
-        if state.queue.len() * 2 >= self.max_frames || (state.bytes + frame.len()) * 2 > self.max_bytes {
+        let (frames, bytes) = state.used();
+        if frames * 2 >= self.max_frames || (bytes + frame.len()) * 2 > self.max_bytes {
             metrics::counter!("switchboard_outbox_shed_total").increment(1);
             return (Push::Shed, Wake::NONE);
         }
