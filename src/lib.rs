@@ -21,6 +21,9 @@
 //!   and the CQL store (ScyllaDB, Cassandra).
 //! - [`node`]: what one process shares between its tasks and actors.
 //! - [`metrics`]: the Prometheus recorder.
+//! - `sync`: the locks and atomics of our own concurrent primitives (the outbox's queue,
+//!   the session registry), from std normally and from loom under
+//!   `--cfg switchboard_loom`, so the loom models check the production code.
 //!
 //! The wire types live in the `switchboard-proto` crate and the bus between nodes in
 //! `switchboard-cluster`.
@@ -40,4 +43,5 @@ pub mod presence;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub(crate) mod sync;
 pub mod web;

@@ -4,21 +4,30 @@
 //! looking up each member here and pushing the already-encoded frame into each device's
 //! outbox; no actor sits between a message and a socket, so fanout cost is the cost of
 //! the socket writes. Pushing never waits (outboxes are bounded and close slow
-//! consumers), so it is safe under the map's shard lock, which is never held across an
+//! consumers), so it is safe under the map's per-user lock, which is never held across an
 //! `.await`.
 //!
-//! Attach and detach are serialized per user by the user actor (see
-//! [`crate::actors::user`]), which decides replacement (4002) and presence.
+//! It is also where per-user presence is counted: a user is online while any of their
+//! devices is connected. [`Sessions::attach`] and [`Sessions::detach`] decide, under the
+//! user's lock, whether the call took the user from no device to one (online) or from one
+//! to none (offline), so each transition is reported exactly once, to exactly one caller,
+//! even when attaches and detaches race. They normally do not: the user actor (see
+//! [`crate::actors::user`]) serializes them, decides replacement (4002) and debounces the
+//! presence events. But a connection whose user actor is unreachable detaches directly,
+//! and the registry stays right then too. `loom_model.rs` checks this under loom.
+
+#[cfg(all(test, switchboard_loom))]
+mod loom_model;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dashmap::DashMap;
 use switchboard_proto::close::CloseCode;
 use switchboard_proto::ids::{ConvId, DeviceId, UserId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::gateway::outbox::{Outbox, Push};
+use crate::sync::map::ShardedMap;
+use crate::sync::{AtomicUsize, Ordering};
 
 /// One connected device.
 #[derive(Debug, Clone)]
@@ -35,8 +44,19 @@ pub struct DeviceSession {
 /// The connected devices of every user on this node.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    users: DashMap<UserId, Vec<DeviceSession>>,
+    users: ShardedMap<UserId, Devices>,
+    /// Connections registered (devices, summed over users).
     connections: AtomicUsize,
+}
+
+/// The outcome of [`Sessions::attach`].
+#[derive(Debug)]
+pub struct Attached {
+    /// The earlier connection of the same device, now unregistered: the caller closes it
+    /// with 4002.
+    pub replaced: Option<DeviceSession>,
+    /// The user had no device connected before: this attach made them online.
+    pub came_online: bool,
 }
 
 /// The outcome of [`Sessions::detach`].
@@ -44,8 +64,48 @@ pub struct Sessions {
 pub struct Detached {
     /// The connection was registered and is now removed.
     pub removed: bool,
-    /// The user has no device left on this node.
-    pub user_gone: bool,
+    /// It was the user's last device: this detach made them offline.
+    pub went_offline: bool,
+}
+
+/// One user's connected devices: at most one connection per device.
+#[derive(Debug, Default)]
+struct Devices {
+    sessions: Vec<DeviceSession>,
+}
+
+impl Devices {
+    /// Registers `session`, replacing the connection of the same device if there is one.
+    fn attach(&mut self, session: DeviceSession) -> Attached {
+        let came_online = self.sessions.is_empty();
+        let replaced = self
+            .sessions
+            .iter()
+            .position(|existing| existing.device == session.device)
+            .map(|index| self.sessions.swap_remove(index));
+        self.sessions.push(session);
+        Attached { replaced, came_online }
+    }
+
+    /// Removes connection `conn_id` of `device` if it is still the registered one: the
+    /// detach of a replaced connection is stale and changes nothing.
+    fn detach(&mut self, device: &DeviceId, conn_id: u64) -> Detached {
+        let removed = self
+            .sessions
+            .iter()
+            .position(|session| &session.device == device && session.conn_id == conn_id)
+            .map(|index| self.sessions.swap_remove(index))
+            .is_some();
+        Detached { removed, went_offline: removed && self.sessions.is_empty() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, DeviceSession> {
+        self.sessions.iter()
+    }
 }
 
 impl Sessions {
@@ -55,41 +115,32 @@ impl Sessions {
 
     /// Registers a device connection. An earlier connection of the same device is
     /// removed and returned: the caller closes it with 4002.
-    pub fn attach(&self, user: &UserId, session: DeviceSession) -> Option<DeviceSession> {
-        let mut devices = self.users.entry(user.clone()).or_default();
-        let replaced = devices
-            .iter()
-            .position(|existing| existing.device == session.device)
-            .map(|index| devices.swap_remove(index));
-        devices.push(session);
-        if replaced.is_none() {
-            self.connections.fetch_add(1, Ordering::Relaxed);
-        }
-        replaced
+    pub fn attach(&self, user: &UserId, session: DeviceSession) -> Attached {
+        self.users.update(user, |devices| {
+            let attached = devices.attach(session);
+            if attached.replaced.is_none() {
+                // Counted while the user is locked: a detach of this connection comes
+                // after, so the count cannot dip below zero.
+                self.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            attached
+        })
     }
 
     /// Removes a connection if it is still the registered one for its device.
     pub fn detach(&self, user: &UserId, device: &DeviceId, conn_id: u64) -> Detached {
-        let mut removed = false;
-        let user_gone = match self.users.get_mut(user) {
-            Some(mut devices) => {
-                if let Some(index) =
-                    devices.iter().position(|session| &session.device == device && session.conn_id == conn_id)
-                {
-                    devices.swap_remove(index);
-                    removed = true;
-                }
-                devices.is_empty()
-            }
-            None => true,
-        };
-        if removed {
+        let detached = self
+            .users
+            .update_existing(user, |devices| devices.detach(device, conn_id))
+            .unwrap_or(Detached { removed: false, went_offline: false });
+        if detached.removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);
         }
-        if user_gone {
-            self.users.remove_if(user, |_, devices| devices.is_empty());
+        if detached.went_offline {
+            // Unless a device attached in between: decided under the user's lock.
+            self.users.remove_if(user, Devices::is_empty);
         }
-        Detached { removed, user_gone }
+        detached
     }
 
     /// Delivers a durable `msg` frame to every connected device of `user`, except the
@@ -103,16 +154,15 @@ impl Sessions {
         frame: &Utf8Bytes,
         except: Option<u64>,
     ) -> usize {
-        let Some(devices) = self.users.get(user) else {
-            return 0;
-        };
-        let mut queued = 0;
-        for session in devices.iter().filter(|session| Some(session.conn_id) != except) {
-            if session.outbox.push_message(conv, seq, frame.clone()) == Push::Queued {
-                queued += 1;
-            }
-        }
-        queued
+        self.users
+            .read(user, |devices| {
+                devices
+                    .iter()
+                    .filter(|session| Some(session.conn_id) != except)
+                    .filter(|session| session.outbox.push_message(conv, seq, frame.clone()) == Push::Queued)
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Queues a reliable non-message frame (e.g. a receipt) for every device of `user`
@@ -128,23 +178,24 @@ impl Sessions {
     }
 
     fn push_each(&self, user: &UserId, except: Option<u64>, push: impl Fn(&Outbox) -> Push) -> usize {
-        let Some(devices) = self.users.get(user) else {
-            return 0;
-        };
-        devices
-            .iter()
-            .filter(|session| Some(session.conn_id) != except)
-            .filter(|session| push(&session.outbox) == Push::Queued)
-            .count()
+        self.users
+            .read(user, |devices| {
+                devices
+                    .iter()
+                    .filter(|session| Some(session.conn_id) != except)
+                    .filter(|session| push(&session.outbox) == Push::Queued)
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// The connected devices of a user (a snapshot).
     pub fn devices(&self, user: &UserId) -> Vec<DeviceSession> {
-        self.users.get(user).map(|devices| devices.clone()).unwrap_or_default()
+        self.users.read(user, |devices| devices.sessions.clone()).unwrap_or_default()
     }
 
     pub fn is_online(&self, user: &UserId) -> bool {
-        self.users.get(user).is_some_and(|devices| !devices.is_empty())
+        self.users.read(user, |devices| !devices.is_empty()).unwrap_or(false)
     }
 
     /// Closes every connection of a user with `code`; returns how many.
@@ -172,15 +223,16 @@ impl Sessions {
 
     /// The users with a device on this node (a snapshot).
     pub fn online_users(&self) -> Vec<UserId> {
-        self.users.iter().map(|entry| entry.key().clone()).collect()
+        let mut users = Vec::new();
+        self.users.for_each(|user, _| users.push(user.clone()));
+        users
     }
 
     /// Every outbox on this node (a snapshot), for the shutdown drain.
     pub fn all_outboxes(&self) -> Vec<Arc<Outbox>> {
-        self.users
-            .iter()
-            .flat_map(|entry| entry.value().iter().map(|session| session.outbox.clone()).collect::<Vec<_>>())
-            .collect()
+        let mut outboxes = Vec::new();
+        self.users.for_each(|_, devices| outboxes.extend(devices.iter().map(|session| session.outbox.clone())));
+        outboxes
     }
 
     pub fn connection_count(&self) -> usize {
@@ -209,18 +261,25 @@ mod tests {
     fn same_device_replaces_and_stale_detach_is_ignored() {
         let sessions = Sessions::new();
         let alice = UserId::new("alice").unwrap();
-        assert!(sessions.attach(&alice, session("phone", 1)).is_none());
-        assert!(sessions.attach(&alice, session("laptop", 2)).is_none());
-        let replaced = sessions.attach(&alice, session("phone", 3)).unwrap();
-        assert_eq!(replaced.conn_id, 1);
+        let first = sessions.attach(&alice, session("phone", 1));
+        assert!(first.replaced.is_none() && first.came_online);
+        let second = sessions.attach(&alice, session("laptop", 2));
+        assert!(second.replaced.is_none() && !second.came_online);
+        let third = sessions.attach(&alice, session("phone", 3));
+        assert_eq!(third.replaced.map(|replaced| replaced.conn_id), Some(1));
+        assert!(!third.came_online);
         assert_eq!(sessions.connection_count(), 2);
         let phone = DeviceId::new("phone").unwrap();
-        assert_eq!(sessions.detach(&alice, &phone, 1), Detached { removed: false, user_gone: false });
-        assert_eq!(sessions.detach(&alice, &phone, 3), Detached { removed: true, user_gone: false });
+        assert_eq!(sessions.detach(&alice, &phone, 1), Detached { removed: false, went_offline: false });
+        assert_eq!(sessions.detach(&alice, &phone, 3), Detached { removed: true, went_offline: false });
         let laptop = DeviceId::new("laptop").unwrap();
-        assert_eq!(sessions.detach(&alice, &laptop, 2), Detached { removed: true, user_gone: true });
+        assert_eq!(sessions.detach(&alice, &laptop, 2), Detached { removed: true, went_offline: true });
+        assert!(!sessions.is_online(&alice));
         assert_eq!(sessions.connection_count(), 0);
         assert_eq!(sessions.user_count(), 0);
+        // Detaching again, or a user never seen: nothing to remove, no transition.
+        assert_eq!(sessions.detach(&alice, &laptop, 2), Detached { removed: false, went_offline: false });
+        assert!(sessions.attach(&alice, session("laptop", 4)).came_online);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, real services included; nothing is skipped.
 #
-#   1. provisions a real Apache Cassandra 5.0 (deploy/cassandra/cassandra.sh: jars from
+#   1. the loom models of our own concurrent primitives (the outbox's queue, the session
+#      registry's presence counting: src/sync.rs), every interleaving within
+#      $LOOM_MAX_PREEMPTIONS preemptions (default 3), built apart in target/loom;
+#   2. provisions a real Apache Cassandra 5.0 (deploy/cassandra/cassandra.sh: jars from
 #      Maven Central, cached) and starts it on 127.0.0.1:$SWITCHBOARD_TEST_CQL_PORT;
-#   2. unit tests, the integration suite (real server processes over real sockets) and the
+#   3. unit tests, the integration suite (real server processes over real sockets) and the
 #      store conformance suite against both stores;
-#   3. the integration suite again with every test server on the CQL store;
-#   4. the fault test that kills and restarts Cassandra mid-traffic;
-#   5. doc tests;
-#   6. the web chat page in a real headless Chromium (tests/browser: Debian's chromium and
+#   4. the integration suite again with every test server on the CQL store;
+#   5. the fault test that kills and restarts Cassandra mid-traffic;
+#   6. doc tests;
+#   7. the web chat page in a real headless Chromium (tests/browser: Debian's chromium and
 #      playwright-core, installed by tests/browser/setup.sh when missing).
 # Cassandra is stopped on exit, whatever happened.
 #
@@ -35,6 +38,13 @@ run() { "$@" 2>&1 | tee -a "$results"; }
 
 echo "==> build"
 cargo build --workspace --all-targets --locked
+
+# Its own target directory: the cfg changes every crate's flags, so sharing target/ would
+# rebuild the normal build each time. The profile keeps debug assertions on (src/sync.rs).
+loom_preemptions="${LOOM_MAX_PREEMPTIONS:-3}"
+echo "==> loom models (at most $loom_preemptions preemptions)"
+RUSTFLAGS="--cfg switchboard_loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
+    LOOM_MAX_PREEMPTIONS="$loom_preemptions" run cargo test --profile loom --lib --locked loom_
 
 echo "==> cassandra"
 bash "$cassandra" install

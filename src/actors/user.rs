@@ -128,14 +128,14 @@ impl Actor for UserActor {
 impl UserState {
     fn on_attach(&mut self, session: DeviceSession, reply: oneshot::Sender<()>) {
         self.last_work = Instant::now();
-        let was_online = self.node.sessions.is_online(&self.user);
-        if let Some(replaced) = self.node.sessions.attach(&self.user, session) {
+        let attached = self.node.sessions.attach(&self.user, session);
+        if let Some(replaced) = attached.replaced {
             tracing::info!(user.id = %self.user, device.id = %replaced.device, "device reconnected, closing the older connection");
             replaced.outbox.close(CloseCode::Replaced);
         }
         let _ = reply.send(());
         // Back within the debounce: the watchers never heard of the departure.
-        if !was_online && self.pending_offline.take().is_none() {
+        if attached.came_online && self.pending_offline.take().is_none() {
             self.announce(PresenceStatus::Online, now_ms());
         }
     }
@@ -143,7 +143,7 @@ impl UserState {
     async fn on_detach(&mut self, myself: &ActorRef<UserMsg>, device: &DeviceId, conn_id: u64) {
         self.last_work = Instant::now();
         let detached = self.node.sessions.detach(&self.user, device, conn_id);
-        if !(detached.removed && detached.user_gone) {
+        if !detached.went_offline {
             return;
         }
         self.node.feeds.remove_user(&self.user);

@@ -6,22 +6,33 @@
 //! (frame coalescing: several frames, one flush, usually one syscall).
 //!
 //! The queue is bounded in frames and bytes. The degradation order of DESIGN section 4:
-//! ephemeral frames (typing, presence) are dropped first, once the queue is half full;
+//! ephemeral frames (typing, presence) are dropped first, once the outbox is half full
+//! (queued and held frames alike);
 //! a reliable frame that does not fit marks the connection a slow consumer: it is closed
 //! with 4001 and the client resumes from its cursor, so nothing is dropped silently.
 //!
 //! While a device resumes, live messages are *held* (the gate): the replay of stored
 //! messages goes first, then the held frames follow, minus those the replay already
 //! carried. That keeps each conversation in seq order on the wire.
+//!
+//! The decisions are made in [`queue`], a synchronous core under one lock; this type adds
+//! the waiting: a `Notify` for the writer and one for producers waiting for room, woken as
+//! each core operation says ([`queue::Wake`]). The core is what the loom models check.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+mod queue;
+
+#[cfg(all(test, switchboard_loom))]
+mod loom_model;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use switchboard_proto::close::CloseCode;
 use switchboard_proto::ids::ConvId;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use self::queue::{Queue, Wake};
 
 /// What became of a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,119 +56,53 @@ pub enum Next {
     Close(CloseCode),
 }
 
-/// How long after a resume live messages are checked against what it replayed: far
-/// longer than a fanout takes after its batch is stored.
-const REPLAY_OVERLAP: Duration = Duration::from_secs(10);
-
-#[derive(Debug)]
-struct Held {
-    conv: ConvId,
-    seq: u64,
-    frame: Utf8Bytes,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    queue: VecDeque<Utf8Bytes>,
-    bytes: usize,
-    close: Option<CloseCode>,
-    /// `Some` while the device resumes: live messages wait here.
-    held: Option<Vec<Held>>,
-    held_bytes: usize,
-    /// After a resume, for a short while: the seqs the replay covered per conversation,
-    /// so a live message that was stored (and replayed) before its fanout reached this
-    /// connection is not delivered a second time.
-    replayed: Option<Box<Replayed>>,
-}
-
-/// What a finished replay covered, and until when it is worth checking.
-#[derive(Debug)]
-struct Replayed {
-    until: std::time::Instant,
-    high: HashMap<ConvId, u64>,
-}
-
 /// A bounded queue of encoded frames for one connection. Shared as `Arc<Outbox>`.
 #[derive(Debug)]
 pub struct Outbox {
-    state: Mutex<State>,
+    queue: Queue,
     /// Wakes the writer: frames queued or close requested.
     wake: Notify,
     /// Wakes producers waiting for room ([`Outbox::push_wait`]).
     room: Notify,
-    max_frames: usize,
-    max_bytes: usize,
 }
 
 impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
-        Self { state: Mutex::new(State::default()), wake: Notify::new(), room: Notify::new(), max_frames, max_bytes }
+        Self { queue: Queue::new(max_frames, max_bytes), wake: Notify::new(), room: Notify::new() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue inconsistent (every
-        // critical section is a few field updates), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Wakes whom a core operation says to (its lock is released by now).
+    fn wake(&self, wake: Wake) {
+        if wake.writer {
+            self.wake.notify_one();
+        }
+        if wake.producers {
+            self.room.notify_waiters();
+        }
     }
 
-    fn fits(&self, state: &State, len: usize) -> bool {
-        state.queue.len() + state.held.as_ref().map_or(0, Vec::len) < self.max_frames
-            && state.bytes + state.held_bytes + len <= self.max_bytes
+    fn woken<T>(&self, (value, wake): (T, Wake)) -> T {
+        self.wake(wake);
+        value
     }
 
     /// Queues a reliable frame (a reply, a receipt, a message). Never waits: if it does
     /// not fit, the connection becomes a slow consumer and closes with 4001.
     pub fn push(&self, frame: Utf8Bytes) -> Push {
-        let state = self.lock();
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        if !self.fits(&state, frame.len()) {
-            return self.overflow(state);
-        }
-        self.enqueue(state, frame)
+        self.woken(self.queue.push(frame))
     }
 
     /// Queues a live `msg` frame of `conv` with `seq`: held while the device resumes,
     /// queued otherwise.
     pub fn push_message(&self, conv: &ConvId, seq: u64, frame: Utf8Bytes) -> Push {
-        let mut state = self.lock();
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        if !self.fits(&state, frame.len()) {
-            return self.overflow(state);
-        }
-        if let Some(replayed) = &state.replayed {
-            if std::time::Instant::now() > replayed.until {
-                state.replayed = None;
-            } else if replayed.high.get(conv).is_some_and(|&high| seq <= high) {
-                metrics::counter!("switchboard_replay_duplicates_dropped_total").increment(1);
-                return Push::Queued;
-            }
-        }
-        if state.held.is_some() {
-            state.held_bytes += frame.len();
-            if let Some(held) = state.held.as_mut() {
-                held.push(Held { conv: conv.clone(), seq, frame });
-            }
-            return Push::Queued;
-        }
-        self.enqueue(state, frame)
+        self.woken(self.queue.push_message(conv, seq, frame))
     }
 
-    /// Queues an ephemeral frame (typing, presence) unless the queue is half full, in
-    /// which case it is shed: these are the first to go under pressure.
+    /// Queues an ephemeral frame (typing, presence) unless the outbox is half full
+    /// (queued and held frames alike), in which case it is shed: these are the first to
+    /// go under pressure.
     pub fn push_ephemeral(&self, frame: Utf8Bytes) -> Push {
-        let state = self.lock();
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        if state.queue.len() * 2 >= self.max_frames || (state.bytes + frame.len()) * 2 > self.max_bytes {
-            metrics::counter!("switchboard_outbox_shed_total").increment(1);
-            return Push::Shed;
-        }
-        self.enqueue(state, frame)
+        self.woken(self.queue.push_ephemeral(frame))
     }
 
     /// Queues a frame, waiting up to `timeout` for room instead of overflowing. For the
@@ -165,25 +110,22 @@ impl Outbox {
     pub async fn push_wait(&self, frame: Utf8Bytes, timeout: Duration) -> Push {
         let deadline = tokio::time::Instant::now() + timeout;
         let len = frame.len();
-        self.wait_for(deadline, |state| state.close.is_some() || self.fits(state, len)).await;
-        let state = self.lock();
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        if self.fits(&state, len) {
-            return self.enqueue(state, frame);
-        }
-        self.overflow(state)
+        self.wait_for(deadline, || self.queue.has_room_for(len)).await;
+        // Room, closing, or the deadline passed: a push now queues, is refused, or
+        // overflows accordingly.
+        self.push(frame)
     }
 
-    /// Waits until `ready` holds for the state (checked whenever the writer makes room)
-    /// or `deadline` passes; returns whether it held.
-    async fn wait_for(&self, deadline: tokio::time::Instant, ready: impl Fn(&State) -> bool) -> bool {
+    /// Waits until `ready` holds (checked whenever the writer makes room) or `deadline`
+    /// passes; returns whether it held.
+    async fn wait_for(&self, deadline: tokio::time::Instant, ready: impl Fn() -> bool) -> bool {
         loop {
+            // Registered before the check, so a wake between the check and the wait
+            // is not lost.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if ready(&self.lock()) {
+            if ready() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
@@ -192,127 +134,56 @@ impl Outbox {
         }
     }
 
-    /// Whether more than half of the outbox is in use.
-    fn over_half(&self, state: &State) -> bool {
-        state.queue.len() * 2 > self.max_frames || state.bytes * 2 > self.max_bytes
-    }
-
     /// Waits, up to `timeout`, until at most half of the outbox is in use (or it is
     /// closing). The reader calls it before taking the next request, so a client that
     /// pipelines requests faster than it reads the replies is slowed down through TCP
     /// instead of overflowing its own outbox with replies. Returns whether it got there.
     pub async fn wait_half_empty(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.wait_for(deadline, |state| state.close.is_some() || !self.over_half(state)).await
-    }
-
-    /// Appends a frame that fits, then wakes the writer (after unlocking).
-    fn enqueue(&self, mut state: std::sync::MutexGuard<'_, State>, frame: Utf8Bytes) -> Push {
-        state.bytes += frame.len();
-        state.queue.push_back(frame);
-        drop(state);
-        self.wake.notify_one();
-        Push::Queued
-    }
-
-    fn overflow(&self, mut state: std::sync::MutexGuard<'_, State>) -> Push {
-        state.close = Some(CloseCode::SlowConsumer);
-        // The client resumes from its cursor: what is queued need not be written.
-        state.queue.clear();
-        state.bytes = 0;
-        state.held = None;
-        state.held_bytes = 0;
-        drop(state);
-        metrics::counter!("switchboard_outbox_overflow_total").increment(1);
-        self.wake.notify_one();
-        self.room.notify_waiters();
-        Push::Overflow
+        self.wait_for(deadline, || self.queue.at_most_half_full()).await
     }
 
     /// Starts holding live messages (a resume begins).
     pub fn hold(&self) {
-        let mut state = self.lock();
-        if state.held.is_none() {
-            state.held = Some(Vec::new());
-        }
+        self.queue.hold();
     }
 
     /// Ends a resume: queues the held live messages, except those whose seq the replay
-    /// already covered (`replayed`: conv -> highest seq written by the replay).
-    ///
-    /// A message is visible in the store a moment before its fanout reaches the
-    /// connections, so the replay may have carried a message whose live copy arrives only
-    /// after this release: for [`REPLAY_OVERLAP`] afterwards, live messages the replay
-    /// covered are dropped too.
+    /// already covered (`replayed`: conv -> highest seq written by the replay), and for a
+    /// short while drops live copies of what the replay covered (see
+    /// [`queue::Queue::release`]).
     pub fn release(&self, replayed: HashMap<ConvId, u64>) -> Push {
-        let mut state = self.lock();
-        let Some(held) = state.held.take() else {
-            return Push::Queued;
-        };
-        state.held_bytes = 0;
-        if state.close.is_some() {
-            return Push::Closed;
-        }
-        for Held { conv, seq, frame } in held {
-            if replayed.get(&conv).is_some_and(|&high| seq <= high) {
-                continue;
-            }
-            state.bytes += frame.len();
-            state.queue.push_back(frame);
-        }
-        state.replayed = (!replayed.is_empty())
-            .then(|| Box::new(Replayed { until: std::time::Instant::now() + REPLAY_OVERLAP, high: replayed }));
-        drop(state);
-        self.wake.notify_one();
-        Push::Queued
+        self.woken(self.queue.release(replayed))
     }
 
     /// Asks the writer to close with `code` once what is queued has been written
     /// (a slow-consumer close drops the queue instead). The first close wins.
     pub fn close(&self, code: CloseCode) {
-        let mut state = self.lock();
-        if state.close.is_none() {
-            state.close = Some(code);
-        }
-        drop(state);
-        self.wake.notify_one();
-        self.room.notify_waiters();
+        self.wake(self.queue.close(code));
     }
 
     pub fn is_closing(&self) -> bool {
-        self.lock().close.is_some()
+        self.queue.is_closing()
     }
 
     /// Frames queued now.
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.queue.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.queue.is_empty()
     }
 
     /// For the writer: waits until there is something to do, then moves every queued
     /// frame (at most `max_batch`) into `batch`.
     pub async fn next(&self, batch: &mut Vec<Utf8Bytes>, max_batch: usize) -> Next {
         loop {
-            {
-                let mut state = self.lock();
-                if !state.queue.is_empty() {
-                    let take = state.queue.len().min(max_batch);
-                    let queued = &mut *state;
-                    for frame in queued.queue.drain(..take) {
-                        queued.bytes -= frame.len();
-                        batch.push(frame);
-                    }
-                    drop(state);
-                    self.room.notify_waiters();
-                    return Next::Frames;
-                }
-                if let Some(code) = state.close {
-                    return Next::Close(code);
-                }
+            if let Some(next) = self.woken(self.queue.take(batch, max_batch)) {
+                return next;
             }
+            // `notify_one` keeps a permit when the writer is not waiting yet, so a push
+            // between the take and this wait is not lost.
             self.wake.notified().await;
         }
     }
@@ -383,6 +254,20 @@ mod tests {
         assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
         assert_eq!(outbox.push(frame("m")), Push::Queued);
         assert!(!outbox.is_closing());
+    }
+
+    #[tokio::test]
+    async fn held_frames_count_when_shedding_ephemeral_ones() {
+        let outbox = Outbox::new(4, 1024);
+        let conv = ConvId::new("dm:a:b").unwrap();
+        outbox.hold();
+        assert_eq!(outbox.push_message(&conv, 1, frame("m1")), Push::Queued);
+        assert_eq!(outbox.push_message(&conv, 2, frame("m2")), Push::Queued);
+        // Half the outbox is taken by held messages: typing and presence go first.
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
+        assert_eq!(outbox.push_message(&conv, 3, frame("m3")), Push::Queued);
+        assert_eq!(outbox.push_message(&conv, 4, frame("m4")), Push::Queued);
+        assert_eq!(outbox.push_ephemeral(frame("t")), Push::Shed);
     }
 
     #[tokio::test]
