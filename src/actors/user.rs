@@ -172,13 +172,7 @@ impl UserState {
     }
 
     fn announce(&self, status: PresenceStatus, last_seen: u64) {
-        let event = Presence { user: self.user.clone(), status, last_seen };
-        self.node.presence.publish(&event);
-        metrics::counter!("switchboard_presence_changes_total", "status" => match status {
-            PresenceStatus::Online => "online",
-            PresenceStatus::Offline => "offline",
-        })
-        .increment(1);
+        announce(&self.node, &self.user, status, last_seen);
     }
 
     async fn on_receipt(&mut self, device: &DeviceId, conn_id: u64, conv: &ConvId, seq: u64, kind: ReceiptKind) {
@@ -261,4 +255,29 @@ impl UserState {
         tracing::debug!(user.id = %self.user, "user actor hibernates");
         let _ = myself.drain();
     }
+}
+
+fn announce(node: &Node, user: &UserId, status: PresenceStatus, last_seen: u64) {
+    let event = Presence { user: user.clone(), status, last_seen };
+    node.presence.publish(&event);
+    metrics::counter!("switchboard_presence_changes_total", "status" => match status {
+        PresenceStatus::Online => "online",
+        PresenceStatus::Offline => "offline",
+    })
+    .increment(1);
+}
+
+/// A connection whose user actor could not be reached detached its session itself and
+/// was the user's last device: what [`UserState`]'s detach would have done, without the
+/// debounce (there is no actor to hold it), so the user is neither a ghost in presence
+/// nor left in the feed index.
+pub(crate) async fn went_offline_without_actor(node: &Node, user: &UserId) {
+    node.feeds.remove_user(user);
+    let at = now_ms();
+    match tokio::time::timeout(node.config.gateway.request_timeout(), node.store.set_last_seen(user, at)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(user.id = %user, %error, "last_seen not stored"),
+        Err(_) => tracing::warn!(user.id = %user, "last_seen not stored in time"),
+    }
+    announce(node, user, PresenceStatus::Offline, at);
 }

@@ -208,7 +208,10 @@ impl Connection {
         let message = UserMsg::Detach { device: self.identity.device.clone(), conn_id: self.conn_id };
         if self.node.directory.user(&self.node, &self.identity.user, message).await.is_err() {
             // The user actor is unreachable; the registry must not keep a dead session.
-            self.node.sessions.detach(&self.identity.user, &self.identity.device, self.conn_id);
+            let detached = self.node.sessions.detach(&self.identity.user, &self.identity.device, self.conn_id);
+            if detached.went_offline {
+                crate::actors::user::went_offline_without_actor(&self.node, &self.identity.user).await;
+            }
         }
     }
 
