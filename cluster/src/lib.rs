@@ -12,12 +12,16 @@
 //! - [`subject`]: subject validation and `*` / `>` wildcard matching (NATS rules).
 //! - [`subjects`]: every subject name the cluster uses; nothing else formats one.
 //! - [`in_process`]: [`InProcessBus`], the single-node and test implementation.
+//! - [`membership`]: heartbeats, up / down / gone, leave, rendezvous ownership.
+//! - [`roster`]: which users are online on which node (presence replication).
 
 // Tests may unwrap: a panic there is a test failure with a backtrace.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod in_process;
+pub mod membership;
+pub mod roster;
 pub mod subject;
 pub mod subjects;
 
