@@ -118,6 +118,11 @@ async fn stats(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
         "presence_watched_users": node.presence.watched_users(),
         "store": node.store.name(),
         "bus": node.bus.name(),
+        "cluster": node.cluster.as_ref().map(|cluster| json!({
+            "live_nodes": &*cluster.live_nodes(),
+            "bus_connected": cluster.is_connected(),
+            "remote_users": cluster.remote_user_count(),
+        })),
         "shutting_down": node.shutdown.is_cancelled(),
     }))
     .into_response()
@@ -140,7 +145,10 @@ async fn disconnect(State(node): State<Arc<Node>>, headers: HeaderMap, body: axu
         Ok(user) => user,
         Err(refused) => return refused.into_response(),
     };
-    let closed = node.sessions.close_user(&user, CloseCode::Normal);
+    let mut closed = node.sessions.close_user(&user, CloseCode::Normal);
+    if let Some(cluster) = &node.cluster {
+        closed += cluster.disconnect_elsewhere(&user).await;
+    }
     tracing::info!(user.id = %user, closed, "admin disconnect");
     Json(json!({ "closed": closed })).into_response()
 }
@@ -208,7 +216,7 @@ async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: axum::
         admin: true,
         reply: reply_tx,
     };
-    if let Err(directory_error) = node.directory.conv(&node, &conv, ConvMsg::Send(send)).await {
+    if let Err(directory_error) = node.to_conv(&conv, ConvMsg::Send(send)).await {
         tracing::warn!(%conv, error = %directory_error, "admin publish not delivered to its conversation");
         return unavailable("conversation unavailable; retry");
     }

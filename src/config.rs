@@ -41,6 +41,7 @@ pub struct Config {
     pub actors: ActorsConfig,
     pub groups: GroupsConfig,
     pub presence: PresenceConfig,
+    pub cluster: ClusterConfig,
     pub rate_limits: RateLimitsConfig,
     pub store_options: StoreOptions,
     pub cql: CqlConfig,
@@ -63,6 +64,7 @@ impl Default for Config {
             actors: ActorsConfig::default(),
             groups: GroupsConfig::default(),
             presence: PresenceConfig::default(),
+            cluster: ClusterConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             store_options: StoreOptions::default(),
             cql: CqlConfig::default(),
@@ -287,6 +289,60 @@ impl Default for PresenceConfig {
     }
 }
 
+/// Cluster membership and routing (used with `nats`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How often this node says it is alive, ms. Default 1000.
+    pub heartbeat_interval_ms: u64,
+    /// A peer not heard for this long is down: its conversations move to other nodes and
+    /// its users are no longer online through it, ms. Default 5000.
+    pub down_after_ms: u64,
+    /// A down peer not heard for this long is forgotten, ms. Default 60000.
+    pub gone_after_ms: u64,
+    /// How long a send forwarded to its conversation's owner may take, ms. Default 3000.
+    pub forward_timeout_ms: u64,
+    /// A node that takes over a conversation from another node waits this long after
+    /// claiming it before sequencing, so the old owner's writes still in flight have
+    /// finished (they are fenced by the ownership epoch from then on), ms. Default 2000.
+    pub handover_wait_ms: u64,
+    /// Forwarded requests this node handles at once; more are refused `overloaded`.
+    /// Default 4096.
+    pub max_inflight_forwards: usize,
+    /// After a bus outage, connected devices resync (replay what they missed from other
+    /// nodes) spread over this long, so they do not all hit the store at once, ms.
+    /// Default 5000.
+    pub resync_spread_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 1_000,
+            down_after_ms: 5_000,
+            gone_after_ms: 60_000,
+            forward_timeout_ms: 3_000,
+            handover_wait_ms: 2_000,
+            max_inflight_forwards: 4_096,
+            resync_spread_ms: 5_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn membership(&self) -> switchboard_cluster::membership::MembershipOptions {
+        switchboard_cluster::membership::MembershipOptions {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            down_after: Duration::from_millis(self.down_after_ms),
+            gone_after: Duration::from_millis(self.gone_after_ms),
+        }
+    }
+
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_timeout_ms)
+    }
+}
+
 /// Token-bucket rate limits. A request past its limit gets `rate_limited` with
 /// `retry_after_ms`; a connection that keeps hitting limits is closed with 4003.
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +537,25 @@ impl Config {
             && switchboard_proto::ids::UserId::new(node_id).is_err()
         {
             problems.push(format!("node_id `{node_id}` must be 1-64 characters of [A-Za-z0-9_.@-]"));
+        }
+        if self.nats.is_some() && self.store == "embedded" {
+            problems.push(
+                "a cluster (nats) needs a shared store: set store to `cql://host:port/keyspace`; \
+                 the embedded store belongs to one process"
+                    .to_owned(),
+            );
+        }
+        let cluster = &self.cluster;
+        if cluster.heartbeat_interval_ms == 0 || cluster.down_after_ms < 2 * cluster.heartbeat_interval_ms {
+            problems.push(
+                "cluster.down_after_ms must be at least twice cluster.heartbeat_interval_ms (above 0)".to_owned(),
+            );
+        }
+        if cluster.gone_after_ms < cluster.down_after_ms {
+            problems.push("cluster.gone_after_ms must be at least cluster.down_after_ms".to_owned());
+        }
+        if cluster.forward_timeout_ms == 0 || cluster.max_inflight_forwards == 0 {
+            problems.push("cluster.forward_timeout_ms and cluster.max_inflight_forwards must be above 0".to_owned());
         }
         if matches!(self.auth.algorithm, JwtAlgorithm::Rs256 | JwtAlgorithm::EdDsa)
             && self.auth.public_key_file.is_none()

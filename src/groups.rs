@@ -76,6 +76,11 @@ impl GroupCache {
     }
 
     /// Groups (and known-missing ids) cached now.
+    /// Forgets every entry (changes may have been missed: they are loaded again).
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.cache.len()
     }

@@ -2,8 +2,8 @@
 //! `/metrics`, the admin API under `/api/v1/` and the web chat page at `/` ([`crate::web`]).
 //!
 //! `/healthz` says the process is alive. `/readyz` says it should get traffic: not
-//! shutting down, and the store answers within a second. `/metrics` is the Prometheus
-//! text format.
+//! shutting down, the bus connected (always, for a single node), and the store answers
+//! within a second. `/metrics` is the Prometheus text format.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,10 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let (status, body) = if node.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "shutting_down"}))
+    } else if !node.bus.is_connected() {
+        // Connected clients keep their local traffic; new ones are better served by a
+        // node that reaches the cluster.
+        (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "bus_unavailable", "bus": node.bus.name()}))
     } else {
         match tokio::time::timeout(Duration::from_secs(1), node.store.health()).await {
             Ok(Ok(())) => {

@@ -20,6 +20,8 @@
 //! - [`store`]: the `MessageStore` trait, the embedded (fjall) store with group commit,
 //!   and the CQL store (ScyllaDB, Cassandra).
 //! - [`node`]: what one process shares between its tasks and actors.
+//! - [`cluster`]: this node among its peers: membership, conversation ownership and
+//!   forwarding, cross-node delivery, presence across nodes, bus outages.
 //! - [`metrics`]: the Prometheus recorder.
 //! - `sync`: the locks and atomics of our own concurrent primitives (the outbox's queue,
 //!   the session registry), from std normally and from loom under
@@ -31,6 +33,7 @@
 pub mod actors;
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod feeds;
 pub mod gateway;

@@ -10,13 +10,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_cluster::Bus;
 use switchboard_proto::codec::DecodeLimits;
-use switchboard_proto::ids::UserId;
+use switchboard_proto::ids::{ConvId, UserId};
 use switchboard_proto::limits::Limits;
+use switchboard_proto::server::{Presence, PresenceStatus};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actors::Directory;
+use crate::actors::conversation::ConvMsg;
+use crate::actors::{Directory, DirectoryError};
 use crate::auth::Authenticator;
+use crate::cluster::{Cluster, Kind};
 use crate::config::Config;
 use crate::feeds::FeedIndex;
 use crate::groups::GroupCache;
@@ -35,6 +39,8 @@ pub struct Node {
     pub node_id: String,
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn Bus>,
+    /// This node among its peers; `None` for a single node.
+    pub cluster: Option<Arc<Cluster>>,
     pub sessions: Sessions,
     pub groups: GroupCache,
     pub feeds: FeedIndex,
@@ -74,6 +80,7 @@ impl Node {
         config: Config,
         store: Arc<dyn MessageStore>,
         bus: Arc<dyn Bus>,
+        cluster: Option<Arc<Cluster>>,
         auth: Authenticator,
         directory: Directory,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -87,6 +94,7 @@ impl Node {
             node_id: config.node_id(),
             store,
             bus,
+            cluster,
             sessions: Sessions::new(),
             groups: GroupCache::new(config.groups.cache_entries),
             feeds: FeedIndex::new(),
@@ -100,7 +108,9 @@ impl Node {
             metrics,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            next_conn_id: AtomicU64::new(1),
+            // Random high bits: connection ids are unique across the cluster, so a
+            // delivery can name the sending connection on any node.
+            next_conn_id: AtomicU64::new((u64::from(rand::random::<u32>()) << 32) | 1),
             live_user_actors: std::sync::atomic::AtomicUsize::new(0),
             live_conv_actors: std::sync::atomic::AtomicUsize::new(0),
             started: std::time::Instant::now(),
@@ -114,7 +124,7 @@ impl Node {
         }
     }
 
-    /// A connection id unique within this process.
+    /// A connection id, unique across the cluster (random high half per process).
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -130,13 +140,75 @@ impl Node {
         Ok(before)
     }
 
-    /// Refuses `user`'s tokens issued before `before_ms` (durable on return).
+    /// Refuses `user`'s tokens issued before `before_ms` (durable on return), on every
+    /// node of the cluster.
     pub async fn revoke(&self, user: &UserId, before_ms: u64) -> StoreResult<()> {
         self.store.revoke_before(user, before_ms).await?;
-        // The store keeps the maximum; so does the cache.
+        self.note_revocation(user, before_ms);
+        if let Some(cluster) = &self.cluster {
+            cluster.revoked(user, before_ms).await;
+        }
+        Ok(())
+    }
+
+    /// A revocation is durable (here or on another node): the cache keeps the maximum,
+    /// like the store.
+    pub fn note_revocation(&self, user: &UserId, before_ms: u64) {
         let before = self.revocations.get(user).flatten().map_or(before_ms, |cached| cached.max(before_ms));
         self.revocations.insert(user.clone(), Some(before));
-        Ok(())
+    }
+
+    /// Drops the cached revocations (revocation events from other nodes may have been
+    /// missed while the bus was away); they are read from the store again.
+    pub fn forget_revocations(&self) {
+        self.revocations.clear();
+    }
+
+    /// Hands `message` to `conv`'s sequencer: here, or forwarded to the node that owns
+    /// the conversation.
+    pub async fn to_conv(self: &Arc<Self>, conv: &ConvId, message: ConvMsg) -> Result<(), DirectoryError> {
+        if let Some(cluster) = &self.cluster
+            && let Some(owner) = cluster.remote_owner(conv)
+        {
+            return cluster.forward(&owner, conv, message);
+        }
+        self.directory.conv(self, conv, message).await
+    }
+
+    /// Pushes `frame` to every device of `users`, on this node and on the others;
+    /// returns how many devices of this node got it.
+    pub async fn deliver(&self, users: &[UserId], kind: Kind<'_>, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        let sessions = &self.sessions;
+        let queued = users
+            .iter()
+            .map(|user| match kind {
+                Kind::Msg { conv, seq } => sessions.deliver_message(user, conv, seq, frame, except),
+                Kind::Frame => sessions.deliver(user, frame, except),
+                Kind::Ephemeral => sessions.deliver_ephemeral(user, frame, except),
+            })
+            .sum();
+        if let Some(cluster) = &self.cluster {
+            cluster.deliver(users, kind, frame, except).await;
+        }
+        queued
+    }
+
+    /// A user came online or went offline on this node (decided by the user actor);
+    /// watchers hear of it if it changes the user's presence in the whole cluster.
+    pub async fn presence_changed(&self, user: &UserId, status: PresenceStatus, at: u64) -> bool {
+        let news = match &self.cluster {
+            Some(cluster) => cluster.presence_changed(user, status, at).await,
+            None => true,
+        };
+        if news {
+            self.presence.publish(&Presence { user: user.clone(), status, last_seen: at });
+        }
+        news
+    }
+
+    /// Online on this node or another.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.sessions.is_online(user) || self.cluster.as_ref().is_some_and(|cluster| cluster.online_elsewhere(user))
     }
 
     /// The limits announced in `hello`.

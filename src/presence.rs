@@ -74,9 +74,9 @@ impl PresenceHub {
 }
 
 /// A user's presence now: online (`last_seen` = now) if a device is connected to this
-/// node, else offline with the stored `last_seen` (0 if never seen).
+/// node or another, else offline with the stored `last_seen` (0 if never seen).
 pub async fn current(node: &Node, user: &UserId) -> StoreResult<Presence> {
-    if node.sessions.is_online(user) {
+    if node.is_online(user) {
         return Ok(Presence { user: user.clone(), status: PresenceStatus::Online, last_seen: now_ms() });
     }
     let last_seen = node.store.last_seen(user).await?.unwrap_or(0);

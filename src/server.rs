@@ -22,6 +22,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::Rng as _;
 use switchboard_cluster::in_process::InProcessBus;
+use switchboard_cluster::nats::{NatsBus, NatsOptions};
+
+use crate::cluster::Cluster;
 use switchboard_proto::close::CloseCode;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
@@ -64,11 +67,19 @@ impl Server {
             );
         }
         let store = open_store(&config).await?;
-        let bus = match &config.nats {
-            None => Arc::new(InProcessBus::new()) as Arc<dyn switchboard_cluster::Bus>,
-            Some(url) => anyhow::bail!(
-                "--nats {url}: this build runs a single node with the in-process bus; cluster mode is not available yet"
-            ),
+        let (bus, cluster) = match &config.nats {
+            None => (Arc::new(InProcessBus::new()) as Arc<dyn switchboard_cluster::Bus>, None),
+            Some(urls) => {
+                let node_id = config.node_id();
+                let bus = NatsBus::connect(NatsOptions::new(urls, node_id.clone()))
+                    .await
+                    .context("cannot join the cluster bus")?;
+                let bus = Arc::new(bus) as Arc<dyn switchboard_cluster::Bus>;
+                // The incarnation tells this process from earlier ones with the same id.
+                let incarnation = crate::node::now_ms();
+                let cluster = Cluster::new(node_id, incarnation, bus.clone(), config.cluster.clone());
+                (bus, Some(cluster))
+            }
         };
         let escalation = tokio_util::sync::CancellationToken::new();
         let policy = RestartPolicy {
@@ -81,7 +92,7 @@ impl Server {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let node = Arc::new(Node::new(config, store, bus, auth, directory, metrics));
+        let node = Arc::new(Node::new(config, store, bus, cluster, auth, directory, metrics));
         // Root escalating means the tree cannot keep itself alive: stop the node.
         let escalated = node.clone();
         tokio::spawn(async move {
@@ -91,6 +102,9 @@ impl Server {
             escalated.shutdown.cancel();
         });
         tokio::spawn(housekeeping(node.clone()));
+        if let Some(cluster) = node.cluster.clone() {
+            crate::cluster::run(node.clone(), cluster).await.context("cannot subscribe to the cluster bus")?;
+        }
         Ok(Self { node, listener, local_addr })
     }
 
@@ -226,6 +240,11 @@ async fn drain(node: &Arc<Node>) {
     let grace = node.config.shutdown.grace();
     let deadline = tokio::time::Instant::now() + grace;
     node.shutdown.cancel();
+    // Peers take over this node's conversations and users now, not after its heartbeats
+    // time out.
+    if let Some(cluster) = &node.cluster {
+        cluster.leave().await;
+    }
     let outboxes = node.sessions.all_outboxes();
     tracing::info!(connections = outboxes.len(), grace_ms = grace.as_millis() as u64, "shutting down");
     // Spread the 1001s over a third of the grace, in batches with jitter.

@@ -79,6 +79,15 @@ pub struct ConvMeta {
     pub name: Option<String>,
 }
 
+/// The ownership of a conversation, as [`MessageStore::claim`] hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Above every epoch claimed before for the conversation.
+    pub epoch: u64,
+    /// Who held it before (`None`: nobody ever claimed it).
+    pub previous: Option<String>,
+}
+
 /// A group's name and member list, as stored in `conv_meta`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMeta {
@@ -143,7 +152,8 @@ pub struct DedupHit {
 }
 
 /// Which receipt high-water mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MarkKind {
     Delivered,
     Read,
@@ -221,6 +231,13 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// The time before which the user's tokens are refused, if any were revoked.
     async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>>;
+
+    /// Claims the ownership of `conv` for `owner` (a node id and incarnation, see
+    /// [`crate::cluster`]): an epoch above every epoch claimed before for `conv`
+    /// (compare-and-set, so two claimers never get the same one), and who held it
+    /// before. From then on appends of a lower epoch are refused with
+    /// [`StoreError::Conflict`] (the fence that keeps a former owner from writing).
+    async fn claim(&self, conv: &ConvId, owner: &str) -> StoreResult<Claim>;
 
     /// Cheap round trip for `/readyz`.
     async fn health(&self) -> StoreResult<()>;

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,6 +35,20 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     /// Whether the bus can currently reach its peers. While it cannot, publishes fail
     /// with [`BusError::Disconnected`] and local delivery carries on without it.
     fn is_connected(&self) -> bool;
+
+    /// The connection state (`true`: connected), to act when the bus comes back after
+    /// an outage.
+    fn connected_watch(&self) -> tokio::sync::watch::Receiver<bool>;
+
+    /// Sends `payload` to `subject` and waits up to `timeout` for the first reply. A
+    /// responder answers by publishing to the request's [`BusMessage::reply`] subject.
+    /// Fails at once with [`BusError::NoResponders`] when nobody subscribes to
+    /// `subject`.
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError>;
+
+    /// Waits until what was published so far has been handed to the server (shutdown:
+    /// a leave message must go out before the process exits).
+    async fn flush(&self) -> Result<(), BusError>;
 }
 
 /// Why a bus operation failed.
@@ -51,6 +66,13 @@ pub enum BusError {
     /// default); the caller should split it or send a reference instead.
     #[error("payload of {size} bytes exceeds the bus maximum of {max} bytes")]
     PayloadTooLarge { size: usize, max: usize },
+    /// Nobody answered a request in time (the responder is slow or died meanwhile);
+    /// the caller may retry.
+    #[error("no reply in time; the responder may be slow or gone, retry")]
+    Timeout,
+    /// Nobody listens on the request's subject (the node it addresses is gone).
+    #[error("no responder on the subject; its node is gone, retry once membership has moved on")]
+    NoResponders,
 }
 
 /// One message received on a subscription.
@@ -59,6 +81,8 @@ pub struct BusMessage {
     /// The subject it was published to (not the subscription's pattern).
     pub subject: String,
     pub payload: Bytes,
+    /// Where to answer, for a request.
+    pub reply: Option<String>,
 }
 
 /// A live subscription: a bounded stream of [`BusMessage`]s. Dropping it unsubscribes.
@@ -138,7 +162,7 @@ mod tests {
         let mut subscription = Subscription::new("a.b", receiver, Arc::default(), move || {
             assert!(!flag.swap(true, Ordering::SeqCst), "unsubscribed twice");
         });
-        sender.try_send(BusMessage { subject: "a.b".into(), payload: Bytes::from_static(b"x") }).unwrap();
+        sender.try_send(BusMessage { subject: "a.b".into(), payload: Bytes::from_static(b"x"), reply: None }).unwrap();
         assert_eq!(subscription.next().await.unwrap().payload, Bytes::from_static(b"x"));
         assert!(subscription.try_next().is_none());
         assert_eq!(subscription.subject(), "a.b");

@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -57,6 +59,8 @@ struct Shared {
     next_id: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
+    /// Always connected; a watch only so callers can treat every bus alike.
+    connected: tokio::sync::watch::Sender<bool>,
 }
 
 /// The publishing side of one subscription.
@@ -90,6 +94,7 @@ impl InProcessBus {
             next_id: AtomicU64::new(1),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            connected: tokio::sync::watch::Sender::new(true),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -123,8 +128,9 @@ impl Shared {
     }
 
     /// Hands one message to one subscription without waiting.
-    fn offer(&self, entry: &Entry, subject: &str, payload: &Bytes) {
-        let message = BusMessage { subject: subject.to_owned(), payload: payload.clone() };
+    fn offer(&self, entry: &Entry, subject: &str, payload: &Bytes, reply: Option<&str>) {
+        let message =
+            BusMessage { subject: subject.to_owned(), payload: payload.clone(), reply: reply.map(str::to_owned) };
         match entry.sender.try_send(message) {
             Ok(()) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +150,27 @@ impl Shared {
             // The subscription is being dropped right now; its entry is about to go.
             Err(TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Offers a message to every matching subscription; how many there were.
+    fn publish(&self, subject: &str, payload: &Bytes, reply: Option<&str>) -> Result<usize, BusError> {
+        validate_subject(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
+        let max = self.options.max_payload_bytes;
+        if payload.len() > max {
+            return Err(BusError::PayloadTooLarge { size: payload.len(), max });
+        }
+        let mut matched = 0;
+        if let Some(entries) = self.exact.get(subject) {
+            for entry in entries.iter() {
+                self.offer(entry, subject, payload, reply);
+                matched += 1;
+            }
+        }
+        for entry in self.read_wildcards().iter().filter(|entry| matches(&entry.pattern, subject)) {
+            self.offer(entry, subject, payload, reply);
+            matched += 1;
+        }
+        Ok(matched)
     }
 
     fn unsubscribe(&self, id: u64, pattern: &str) {
@@ -167,20 +194,28 @@ impl Bus for InProcessBus {
     }
 
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        validate_subject(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
-        let max = self.shared.options.max_payload_bytes;
-        if payload.len() > max {
-            return Err(BusError::PayloadTooLarge { size: payload.len(), max });
+        self.shared.publish(subject, &payload, None).map(drop)
+    }
+
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        let inbox = format!("_INBOX.{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let mut replies = self.subscribe(&inbox).await?;
+        if self.shared.publish(subject, &payload, Some(&inbox))? == 0 {
+            return Err(BusError::NoResponders);
         }
-        if let Some(entries) = self.shared.exact.get(subject) {
-            for entry in entries.iter() {
-                self.shared.offer(entry, subject, &payload);
-            }
+        match tokio::time::timeout(timeout, replies.next()).await {
+            Ok(Some(reply)) => Ok(reply.payload),
+            Ok(None) | Err(_) => Err(BusError::Timeout),
         }
-        for entry in self.shared.read_wildcards().iter().filter(|entry| matches(&entry.pattern, subject)) {
-            self.shared.offer(entry, subject, &payload);
-        }
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        // Every publish is handed over before it returns.
         Ok(())
+    }
+
+    fn connected_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.connected.subscribe()
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
@@ -223,9 +258,32 @@ mod tests {
         let mut other = bus.subscribe("sb.node.n2").await.unwrap();
         bus.publish("sb.node.n1", payload("hi")).await.unwrap();
         let message = inbox.next().await.unwrap();
-        assert_eq!(message, BusMessage { subject: "sb.node.n1".into(), payload: payload("hi") });
+        assert_eq!(message, BusMessage { subject: "sb.node.n1".into(), payload: payload("hi"), reply: None });
         assert!(other.try_next().is_none());
         assert_eq!(bus.delivered(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_get_the_first_reply_or_fail_fast() {
+        let bus = InProcessBus::new();
+        let no_one = bus.request("sb.rpc.n9", payload("?"), Duration::from_secs(5)).await;
+        assert_eq!(no_one, Err(BusError::NoResponders));
+
+        let mut responder = bus.subscribe("sb.rpc.n1").await.unwrap();
+        let server = bus.clone();
+        tokio::spawn(async move {
+            let request = responder.next().await.unwrap();
+            assert_eq!(request.payload, payload("ping"));
+            server.publish(request.reply.as_deref().unwrap(), payload("pong")).await.unwrap();
+        });
+        assert_eq!(bus.request("sb.rpc.n1", payload("ping"), Duration::from_secs(5)).await, Ok(payload("pong")));
+
+        // A responder that never answers: the requester gives up at its timeout.
+        let _silent = bus.subscribe("sb.rpc.n2").await.unwrap();
+        let silent = bus.request("sb.rpc.n2", payload("ping"), Duration::from_millis(50)).await;
+        assert_eq!(silent, Err(BusError::Timeout));
+        assert!(*bus.connected_watch().borrow());
+        assert_eq!(bus.flush().await, Ok(()));
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! - [`subject`]: subject validation and `*` / `>` wildcard matching (NATS rules).
 //! - [`subjects`]: every subject name the cluster uses; nothing else formats one.
 //! - [`in_process`]: [`InProcessBus`], the single-node and test implementation.
+//! - [`nats`]: [`NatsBus`], the cluster implementation over NATS core.
 //! - [`membership`]: heartbeats, up / down / gone, leave, rendezvous ownership.
 //! - [`roster`]: which users are online on which node (presence replication).
 
@@ -21,10 +22,12 @@
 pub mod bus;
 pub mod in_process;
 pub mod membership;
+pub mod nats;
 pub mod roster;
 pub mod subject;
 pub mod subjects;
 
 pub use bus::{Bus, BusError, BusMessage, Subscription};
 pub use in_process::{InProcessBus, InProcessOptions};
+pub use nats::{NatsBus, NatsOptions};
 pub use subject::SubjectError;

@@ -24,6 +24,22 @@ pub fn node_inbox(node_id: &str) -> String {
     format!("{PREFIX}.node.{}", token(node_id))
 }
 
+/// Requests to one node, answered by it: sends and membership changes forwarded to a
+/// conversation's owner, admin actions gathered from every node.
+pub fn node_rpc(node_id: &str) -> String {
+    format!("{PREFIX}.rpc.{}", token(node_id))
+}
+
+/// Requests for pages of one node's roster (the users online there), answered by it.
+pub fn node_roster(node_id: &str) -> String {
+    format!("{PREFIX}.roster.{}", token(node_id))
+}
+
+/// Events every node applies: group member lists changed, tokens revoked.
+pub fn cluster_events() -> &'static str {
+    "sb.cluster.events"
+}
+
 /// Every node inbox; for tools and tests that watch the whole cluster.
 pub fn all_node_inboxes() -> &'static str {
     "sb.node.*"
@@ -99,6 +115,9 @@ mod tests {
         assert_eq!(presence_events(), "sb.presence");
         assert_eq!(cluster_heartbeat(), "sb.cluster.heartbeat");
         assert_eq!(cluster_leave(), "sb.cluster.leave");
+        assert_eq!(node_rpc("node-1"), "sb.rpc.node-1");
+        assert_eq!(node_roster("node-1"), "sb.roster.node-1");
+        assert_eq!(cluster_events(), "sb.cluster.events");
     }
 
     #[test]
@@ -121,6 +140,9 @@ mod tests {
             presence_events().to_owned(),
             cluster_heartbeat().to_owned(),
             cluster_leave().to_owned(),
+            node_rpc("a.b"),
+            node_roster("a.b"),
+            cluster_events().to_owned(),
         ];
         for subject in &subjects {
             assert_eq!(validate_subject(subject), Ok(()), "{subject}");

@@ -55,7 +55,8 @@ pub struct Accepted {
 }
 
 /// Why a send or a membership change was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SendError {
     #[error("the message store is unavailable; retry with the same cmid")]
     Unavailable,
@@ -154,6 +155,8 @@ pub struct ConvState {
     /// Highest seq known durable.
     durable_seq: u64,
     epoch: u64,
+    /// The cluster view this sequencer last checked its ownership against.
+    view: u64,
     /// The members of a dm (fixed by its id).
     dm_members: Arc<[UserId]>,
     /// What the directory counts as queued for this actor.
@@ -216,6 +219,7 @@ impl Actor for ConvActor {
             assigned_seq: 0,
             durable_seq: 0,
             epoch: 0,
+            view: 0,
             dm_members: dm_members.into(),
             mailbox,
             group: None,
@@ -243,6 +247,10 @@ impl Actor for ConvActor {
         if matches!(message, ConvMsg::Send(_) | ConvMsg::Group(_) | ConvMsg::Mark { .. } | ConvMsg::Crash) {
             state.mailbox.handled();
         }
+        let message = match state.still_owner(&myself, message) {
+            Some(message) => message,
+            None => return Ok(()),
+        };
         match message {
             ConvMsg::Send(request) => state.on_send(&myself, request).await,
             ConvMsg::Group(request) => state.on_group(&myself, request).await,
@@ -263,19 +271,64 @@ impl Actor for ConvActor {
 }
 
 impl ConvState {
-    /// Loads the conversation's head and, for a group, its members from the store.
+    /// Loads the conversation's head and, for a group, its members from the store. In
+    /// a cluster it first claims the conversation (a new epoch fences the former owner),
+    /// and waits out the former owner's writes in flight if that was another node.
     async fn reload(&mut self) -> Result<(), crate::store::StoreError> {
+        let mut claimed = None;
+        if let Some(cluster) = &self.node.cluster {
+            self.view = cluster.view_version();
+            let claim = self.node.store.claim(&self.conv, cluster.owner_tag()).await?;
+            if claim.previous.as_deref().is_some_and(|previous| previous != cluster.owner_tag()) {
+                tracing::info!(
+                    conv = %self.conv,
+                    epoch = claim.epoch,
+                    previous = claim.previous.as_deref().unwrap_or(""),
+                    "conversation taken over"
+                );
+                metrics::counter!("switchboard_cluster_takeovers_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(cluster.config().handover_wait_ms)).await;
+            }
+            claimed = Some(claim.epoch);
+        }
         let meta = self.node.store.load_conv(&self.conv).await?;
-        let (last_seq, epoch) = meta.as_ref().map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
+        let (last_seq, stored_epoch) = meta.as_ref().map_or((0, 0), |meta| (meta.last_seq, meta.epoch));
         self.assigned_seq = last_seq;
         self.durable_seq = last_seq;
-        self.epoch = epoch;
+        self.epoch = claimed.unwrap_or(stored_epoch);
         if self.conv.kind() == ConvKind::Group {
             self.group = meta.and_then(|meta| Some(GroupInfo::new(meta.name?, meta.members))).map(Arc::new);
             self.marks = None;
         }
         self.reload = false;
         Ok(())
+    }
+
+    /// In a cluster, after the live set changed: if the conversation moved to another
+    /// node, refuses the request (`unavailable`: the client retries and reaches the new
+    /// owner) and stops. If it is still ours, nothing to do: had another node owned it
+    /// meanwhile, its claim fences our next append, which fails and reloads (claims).
+    fn still_owner(&mut self, myself: &ActorRef<ConvMsg>, message: ConvMsg) -> Option<ConvMsg> {
+        let Some(cluster) = self.node.cluster.clone() else {
+            return Some(message);
+        };
+        let view = cluster.view_version();
+        if view == self.view || !matches!(message, ConvMsg::Send(_) | ConvMsg::Group(_) | ConvMsg::Mark { .. }) {
+            return Some(message);
+        }
+        if cluster.remote_owner(&self.conv).is_none() {
+            self.view = view;
+            return Some(message);
+        }
+        tracing::info!(conv = %self.conv, "conversation moved to another node; this sequencer stops");
+        match message {
+            ConvMsg::Send(request) => drop(request.reply.send(Err(SendError::Unavailable))),
+            ConvMsg::Group(request) => drop(request.reply.send(Err(SendError::Unavailable))),
+            _ => {}
+        }
+        // Writes in flight finish on their own (their task holds what it needs).
+        myself.stop(Some("ownership moved".to_owned()));
+        None
     }
 
     /// Reloads after a failed write; `false` (and a log line) if the store is still down.

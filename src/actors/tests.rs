@@ -32,7 +32,7 @@ async fn node_with(max_restarts: u32, conv_mailbox: usize) -> (Arc<Node>, Cancel
     let policy = RestartPolicy { max_restarts, window: Duration::from_secs(60) };
     let mailboxes = super::MailboxLimits { user: 1024, conv: conv_mailbox };
     let directory = Directory::start(policy, escalation.clone(), mailboxes).await.unwrap();
-    let node = Node::new(config, Arc::new(store), Arc::new(InProcessBus::new()), auth, directory, None);
+    let node = Node::new(config, Arc::new(store), Arc::new(InProcessBus::new()), None, auth, directory, None);
     (Arc::new(node), escalation, dir)
 }
 

@@ -24,10 +24,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use switchboard_proto::client::ReceiptKind;
 use switchboard_proto::close::CloseCode;
 use switchboard_proto::ids::{ConvId, ConvKind, DeviceId, UserId};
-use switchboard_proto::server::{Presence, PresenceStatus, ReceiptEvent};
+use switchboard_proto::server::{PresenceStatus, ReceiptEvent};
 use tokio::sync::oneshot;
 
 use super::conversation::ConvMsg;
+use crate::cluster::Kind;
 use crate::node::{Node, now_ms};
 use crate::sessions::DeviceSession;
 use crate::store::MarkKind;
@@ -106,12 +107,12 @@ impl Actor for UserActor {
             state.mailbox.handled();
         }
         match message {
-            UserMsg::Attach { session, reply } => state.on_attach(session, reply),
+            UserMsg::Attach { session, reply } => state.on_attach(session, reply).await,
             UserMsg::Detach { device, conn_id } => state.on_detach(&myself, &device, conn_id).await,
             UserMsg::Receipt { device, conn_id, conv, seq, kind } => {
                 state.on_receipt(&device, conn_id, &conv, seq, kind).await;
             }
-            UserMsg::OfflineCheck(number) => state.on_offline_check(number),
+            UserMsg::OfflineCheck(number) => state.on_offline_check(number).await,
             UserMsg::Tick => state.on_tick(&myself),
         }
         Ok(())
@@ -126,7 +127,7 @@ impl Actor for UserActor {
 }
 
 impl UserState {
-    fn on_attach(&mut self, session: DeviceSession, reply: oneshot::Sender<()>) {
+    async fn on_attach(&mut self, session: DeviceSession, reply: oneshot::Sender<()>) {
         self.last_work = Instant::now();
         let attached = self.node.sessions.attach(&self.user, session);
         if let Some(replaced) = attached.replaced {
@@ -136,7 +137,7 @@ impl UserState {
         let _ = reply.send(());
         // Back within the debounce: the watchers never heard of the departure.
         if attached.came_online && self.pending_offline.take().is_none() {
-            self.announce(PresenceStatus::Online, now_ms());
+            self.announce(PresenceStatus::Online, now_ms()).await;
         }
     }
 
@@ -160,19 +161,19 @@ impl UserState {
         myself.send_after(debounce, move || UserMsg::OfflineCheck(number));
     }
 
-    fn on_offline_check(&mut self, number: u64) {
+    async fn on_offline_check(&mut self, number: u64) {
         let Some(departure) = self.pending_offline.filter(|departure| departure.number == number) else {
             return;
         };
         self.pending_offline = None;
         self.last_work = Instant::now();
         if !self.node.sessions.is_online(&self.user) {
-            self.announce(PresenceStatus::Offline, departure.at);
+            self.announce(PresenceStatus::Offline, departure.at).await;
         }
     }
 
-    fn announce(&self, status: PresenceStatus, last_seen: u64) {
-        announce(&self.node, &self.user, status, last_seen);
+    async fn announce(&self, status: PresenceStatus, last_seen: u64) {
+        announce(&self.node, &self.user, status, last_seen).await;
     }
 
     async fn on_receipt(&mut self, device: &DeviceId, conn_id: u64, conv: &ConvId, seq: u64, kind: ReceiptKind) {
@@ -213,14 +214,14 @@ impl UserState {
     async fn relay(&self, conv: &ConvId, conn_id: u64, seq: u64, kind: ReceiptKind, mark: MarkKind) {
         let event = ReceiptEvent { conv: conv.clone(), user: self.user.clone(), kind, seq, ts: now_ms(), all: false };
         let frame = crate::gateway::connection::frame(&event);
-        let sessions = &self.node.sessions;
-        sessions.deliver(&self.user, &frame, Some(conn_id));
+        let node = &self.node;
+        node.deliver(std::slice::from_ref(&self.user), Kind::Frame, &frame, Some(conn_id)).await;
         match conv.kind() {
             ConvKind::Dm => {
                 if let Some(peer) = conv.dm_peer(&self.user)
                     && peer != self.user
                 {
-                    sessions.deliver(&peer, &frame, None);
+                    node.deliver(&[peer], Kind::Frame, &frame, None).await;
                 }
             }
             ConvKind::Group => {
@@ -233,12 +234,12 @@ impl UserState {
                     }
                 };
                 if group.members.len() <= self.node.config.groups.receipt_relay_max_members {
-                    for member in group.members.iter().filter(|member| **member != self.user) {
-                        sessions.deliver(member, &frame, None);
-                    }
+                    let others: Vec<UserId> =
+                        group.members.iter().filter(|member| **member != self.user).cloned().collect();
+                    node.deliver(&others, Kind::Frame, &frame, None).await;
                 }
                 let message = ConvMsg::Mark { user: self.user.clone(), kind: mark, seq };
-                if let Err(error) = self.node.directory.conv(&self.node, conv, message).await {
+                if let Err(error) = self.node.to_conv(conv, message).await {
                     tracing::debug!(%conv, %error, "group receipt not aggregated");
                 }
             }
@@ -257,9 +258,10 @@ impl UserState {
     }
 }
 
-fn announce(node: &Node, user: &UserId, status: PresenceStatus, last_seen: u64) {
-    let event = Presence { user: user.clone(), status, last_seen };
-    node.presence.publish(&event);
+async fn announce(node: &Node, user: &UserId, status: PresenceStatus, last_seen: u64) {
+    if !node.presence_changed(user, status, last_seen).await {
+        return;
+    }
     metrics::counter!("switchboard_presence_changes_total", "status" => match status {
         PresenceStatus::Online => "online",
         PresenceStatus::Offline => "offline",
@@ -279,5 +281,5 @@ pub(crate) async fn went_offline_without_actor(node: &Node, user: &UserId) {
         Ok(Err(error)) => tracing::warn!(user.id = %user, %error, "last_seen not stored"),
         Err(_) => tracing::warn!(user.id = %user, "last_seen not stored in time"),
     }
-    announce(node, user, PresenceStatus::Offline, at);
+    announce(node, user, PresenceStatus::Offline, at).await;
 }

@@ -326,6 +326,10 @@ impl Connection {
         }
         let max_inflight = self.node.config.gateway.max_inflight_requests;
         let mut inflight: FuturesUnordered<InflightSend> = FuturesUnordered::new();
+        // In a cluster: after a bus outage this device resyncs (what other nodes sent
+        // meanwhile never reached it), at a random moment within the spread.
+        let mut resync = self.node.cluster.as_ref().map(|cluster| cluster.resync_watch());
+        let mut resync_at: Option<Instant> = None;
         loop {
             // Replies first: no new request while our queued replies fill half the
             // outbox (a pipelining client is paced by TCP, not closed as a slow consumer;
@@ -333,6 +337,18 @@ impl Connection {
             self.outbox.wait_half_empty(self.node.config.gateway.request_timeout()).await;
             tokio::select! {
                 Some(done) = inflight.next(), if !inflight.is_empty() => self.finish_send(done),
+                () = resync_requested(&mut resync) => {
+                    let spread = self.node.cluster.as_ref().map_or(0, |cluster| cluster.config().resync_spread_ms);
+                    let jitter = rand::random_range(0..=spread);
+                    resync_at = Some(Instant::now() + Duration::from_millis(jitter));
+                }
+                () = sleep_until_some(resync_at), if resync_at.is_some() => {
+                    resync_at = None;
+                    metrics::counter!("switchboard_cluster_resyncs_total").increment(1);
+                    if let Err(code) = Box::pin(self.resume(None, None)).await {
+                        return Some(code);
+                    }
+                }
                 incoming = stream.next(), if inflight.len() < max_inflight => {
                     let message = match incoming {
                         None => return None,
@@ -487,7 +503,7 @@ impl Connection {
             admin: false,
             reply: reply_tx,
         };
-        if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Send(request)).await {
+        if let Err(error) = self.node.to_conv(&conv, ConvMsg::Send(request)).await {
             self.directory_error(r#ref.as_deref(), &conv, &error);
             return Ok(());
         }
@@ -692,5 +708,24 @@ fn close_for(error: &tungstenite::Error) -> Option<CloseCode> {
         tungstenite::Error::Utf8(_) => Some(CloseCode::Policy),
         tungstenite::Error::Protocol(_) => Some(CloseCode::Policy),
         _ => None,
+    }
+}
+
+/// Completes when the cluster asks connected devices to resync; never without a cluster.
+async fn resync_requested(resync: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(receiver) = resync else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        // The cluster is gone (shutdown): nothing more to wait for.
+        *resync = None;
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

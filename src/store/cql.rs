@@ -175,10 +175,10 @@ use self::breaker::{CircuitBreaker, SystemClock};
 use self::coalesce::SingleFlight;
 use self::error::CqlError;
 pub use self::options::{Consistency, CqlOptions, CqlUrlError, parse_consistency};
-use self::rows::{bucket_of, decode, first_row, message_row, rows, signed, unsigned};
+use self::rows::{applied, bucket_of, decode, first_row, message_row, rows, signed, unsigned};
 use self::session::Statements;
 use super::{
-    AppendBatch, ConvMeta, DedupHit, MarkKind, MessageStore, NewMessage, ReceiptMarks, StoreError, StoreResult,
+    AppendBatch, Claim, ConvMeta, DedupHit, MarkKind, MessageStore, NewMessage, ReceiptMarks, StoreError, StoreResult,
     StoredMessage,
 };
 
@@ -343,6 +343,33 @@ impl Inner {
         }))
     }
 
+    /// Compare-and-set on `conv_meta.epoch`: read the current epoch and owner, then
+    /// write `epoch + 1` only if the epoch is still what was read; on a lost race, read
+    /// again and retry (a bounded number of times).
+    async fn claim(&self, conv: &ConvId, owner: &str) -> CqlResult<Claim> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let result = self.execute("claim", &self.statements.owner_select, (conv.as_str(),)).await?;
+            let (epoch, previous) =
+                first_row::<(Option<i64>, Option<String>)>(result, "conv_meta")?.unwrap_or((None, None));
+            let next = epoch.map_or(Ok(0), |epoch| unsigned(epoch, "conv_meta"))? + 1;
+            let result = match epoch {
+                Some(epoch) => {
+                    let values = (signed(next), owner, conv.as_str(), epoch);
+                    self.execute("claim", &self.statements.claim, values).await?
+                }
+                None => {
+                    self.execute("claim", &self.statements.claim_first, (signed(next), owner, conv.as_str())).await?
+                }
+            };
+            if applied(result)? {
+                self.load_conv.forget(conv);
+                return Ok(Claim { epoch: next, previous });
+            }
+        }
+        Err(CqlError::ClaimContended { conv: conv.to_string(), attempts: ATTEMPTS })
+    }
+
     async fn append(&self, batch: AppendBatch) -> CqlResult<()> {
         let conv = &batch.conv;
         if batch.messages.is_empty() && batch.group.is_none() {
@@ -392,17 +419,17 @@ impl Inner {
         try_join_all(writes).await?;
 
         // The commit point: from here on readers see the batch.
-        let (last_seq, epoch, bucket_size) = (signed(last_seq), signed(batch.epoch), signed(bucket_size));
+        // The epoch is not written here: claims own it (see `claim`).
+        let (last_seq, bucket_size) = (signed(last_seq), signed(bucket_size));
         let kind = conv.kind().prefix();
         match &batch.group {
             None => {
-                let values = (timestamp, last_seq, epoch, bucket_size, kind, conv.as_str());
+                let values = (timestamp, last_seq, bucket_size, kind, conv.as_str());
                 self.execute("append", &self.statements.meta_commit, values).await?;
             }
             Some(group) => {
                 let members: Vec<&str> = group.members.iter().map(UserId::as_str).collect();
-                let values =
-                    (timestamp, last_seq, epoch, bucket_size, kind, members, group.name.as_str(), conv.as_str());
+                let values = (timestamp, last_seq, bucket_size, kind, members, group.name.as_str(), conv.as_str());
                 self.execute("append", &self.statements.meta_commit_group, values).await?;
             }
         }
@@ -794,6 +821,10 @@ impl MessageStore for CqlStore {
     async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
         let select = ("revocations", &self.inner.statements.revocation_select);
         self.inner.call("revoked_before", self.inner.select_time("revoked_before", select, user)).await
+    }
+
+    async fn claim(&self, conv: &ConvId, owner: &str) -> StoreResult<Claim> {
+        self.inner.call("claim", self.inner.claim(conv, owner)).await
     }
 
     async fn health(&self) -> StoreResult<()> {

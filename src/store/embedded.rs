@@ -101,7 +101,8 @@ use self::codec::{
 };
 use self::writer::{WriteOp, WriteRequest, Writer};
 use super::{
-    AppendBatch, ConvMeta, DedupHit, MarkKind, MessageStore, ReceiptMarks, StoreError, StoreResult, StoredMessage,
+    AppendBatch, Claim, ConvMeta, DedupHit, MarkKind, MessageStore, ReceiptMarks, StoreError, StoreResult,
+    StoredMessage,
 };
 
 /// The leading byte of every value this version writes.
@@ -272,6 +273,10 @@ enum EmbeddedError {
         "append to {conv} starts at seq {first_seq} but the stored log ends at {last_seq}: a stale or confused sequencer; it reloads and retries"
     )]
     SeqConflict { conv: String, first_seq: u64, last_seq: u64 },
+    #[error(
+        "append to {conv} of ownership epoch {epoch} refused: epoch {stored_epoch} claimed it since; the former owner stops"
+    )]
+    Fenced { conv: String, epoch: u64, stored_epoch: u64 },
     #[error("invalid embedded store options, fix the configuration:\n{0}")]
     InvalidOptions(String),
     #[error("cannot start the store writer thread ({0}): check the process thread limit")]
@@ -300,7 +305,7 @@ impl From<EmbeddedError> for StoreError {
             EmbeddedError::Decode { .. } | EmbeddedError::Unrecoverable { .. } => {
                 StoreError::Corrupt(error.to_string())
             }
-            EmbeddedError::SeqConflict { .. } => StoreError::Conflict(error.to_string()),
+            EmbeddedError::SeqConflict { .. } | EmbeddedError::Fenced { .. } => StoreError::Conflict(error.to_string()),
             _ => StoreError::Unavailable(error.to_string()),
         }
     }
@@ -525,6 +530,10 @@ pub struct EmbeddedStore {
     writer_thread: Option<JoinHandle<()>>,
     writer_failed: Arc<AtomicBool>,
     stats: Arc<StatsCounters>,
+    /// The last owner that claimed each conversation (the epoch itself is stored). Not
+    /// durable: an embedded store belongs to one process, whose restart ends every
+    /// claim anyway.
+    owners: std::sync::Mutex<HashMap<ConvId, String>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -564,6 +573,7 @@ impl EmbeddedStore {
             writer_thread: Some(writer_thread),
             writer_failed,
             stats,
+            owners: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -718,6 +728,19 @@ impl MessageStore for EmbeddedStore {
 
     async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
         self.inline(|keyspaces| keyspaces.revoked_before(user))
+    }
+
+    /// Through the writer thread, like appends: the epoch is raised in the same order
+    /// as the batches it fences.
+    async fn claim(&self, conv: &ConvId, owner: &str) -> StoreResult<Claim> {
+        self.write(WriteOp::Claim { conv: conv.clone() }).await?;
+        let epoch = self.inline(|keyspaces| keyspaces.load_meta(conv))?.map_or(0, |meta| meta.epoch);
+        let previous = self
+            .owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(conv.clone(), owner.to_owned());
+        Ok(Claim { epoch, previous })
     }
 
     async fn health(&self) -> StoreResult<()> {

@@ -59,6 +59,7 @@ pub(crate) const CASES: &[(&str, Case)] = &[
     ("append_is_atomic_and_last_seq_moves", |store| Box::pin(append_is_atomic_and_last_seq_moves(store))),
     ("append_retry_is_idempotent", |store| Box::pin(append_retry_is_idempotent(store))),
     ("append_must_continue_the_log", |store| Box::pin(append_must_continue_the_log(store))),
+    ("claims_fence_former_owners", |store| Box::pin(claims_fence_former_owners(store))),
     ("dedup_finds_earlier_cmid", |store| Box::pin(dedup_finds_earlier_cmid(store))),
     ("cursors_only_move_forward", |store| Box::pin(cursors_only_move_forward(store))),
     ("marks_read_raises_delivered", |store| Box::pin(marks_read_raises_delivered(store))),
@@ -94,6 +95,7 @@ macro_rules! store_conformance_tests {
             append_is_atomic_and_last_seq_moves,
             append_retry_is_idempotent,
             append_must_continue_the_log,
+            claims_fence_former_owners,
             dedup_finds_earlier_cmid,
             cursors_only_move_forward,
             marks_read_raises_delivered,
@@ -236,20 +238,21 @@ pub(crate) async fn append_is_atomic_and_last_seq_moves(store: Arc<dyn MessageSt
     let conv = ConvId::dm(&alice, &bob);
     assert_eq!(store.load_conv(&conv).await.expect("load_conv"), None);
 
+    let claim = store.claim(&conv, "node-a#1").await.expect("claim");
     let mut first = batch(&conv, &alice, 1, 3);
-    first.epoch = 7;
+    first.epoch = claim.epoch;
     first.index_users = vec![alice.clone(), bob.clone()];
     store.append(first).await.expect("append");
     // Once append returns, the whole batch is there together with its metadata and index.
     let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
-    assert_eq!((meta.last_seq, meta.epoch), (3, 7));
+    assert_eq!((meta.last_seq, meta.epoch), (3, claim.epoch));
     assert!(meta.members.is_empty(), "a dm keeps its members in the id");
     assert_eq!(seqs(&store.read_after(&conv, 0, 10).await.expect("read_after")), vec![1, 2, 3]);
     assert!(store.user_convs(&alice).await.expect("user_convs").contains(&conv));
     assert!(store.user_convs(&bob).await.expect("user_convs").contains(&conv));
 
     let mut second = batch(&conv, &bob, 4, 4);
-    second.epoch = 7;
+    second.epoch = claim.epoch;
     store.append(second).await.expect("append");
     let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta written");
     assert_eq!(meta.last_seq, 4);
@@ -292,6 +295,36 @@ pub(crate) async fn append_must_continue_the_log(store: Arc<dyn MessageStore>) {
     assert_eq!(seqs(&all), vec![1, 2]);
     assert_frames(&conv, &all);
     store.append(batch(&conv, &alice, 3, 3)).await.expect("the log continues");
+}
+
+/// Ownership: every claim gets a higher epoch and learns the previous owner; from then
+/// on the former owner's appends are refused and leave the log as it was.
+pub(crate) async fn claims_fence_former_owners(store: Arc<dyn MessageStore>) {
+    let alice = user("alice");
+    let conv = group();
+    let first = store.claim(&conv, "node-a#1").await.expect("claim");
+    assert_eq!(first.previous, None, "nobody held it");
+    let mut old = batch(&conv, &alice, 1, 2);
+    old.epoch = first.epoch;
+    store.append(old).await.expect("the owner writes");
+
+    let second = store.claim(&conv, "node-b#1").await.expect("claim");
+    assert!(second.epoch > first.epoch, "{second:?} after {first:?}");
+    assert_eq!(second.previous.as_deref(), Some("node-a#1"));
+    let mut stale = batch(&conv, &alice, 3, 3);
+    stale.epoch = first.epoch;
+    let refused = store.append(stale).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "a former owner must be fenced: {refused:?}");
+    assert_eq!(store.load_conv(&conv).await.expect("load_conv").expect("conv_meta").last_seq, 2);
+
+    let mut current = batch(&conv, &alice, 3, 3);
+    current.epoch = second.epoch;
+    store.append(current).await.expect("the new owner continues the log");
+    let meta = store.load_conv(&conv).await.expect("load_conv").expect("conv_meta");
+    assert_eq!((meta.last_seq, meta.epoch), (3, second.epoch));
+    assert_eq!(seqs(&store.read_after(&conv, 0, 10).await.expect("read_after")), vec![1, 2, 3]);
+    let third = store.claim(&conv, "node-a#2").await.expect("claim");
+    assert_eq!((third.epoch > second.epoch, third.previous.as_deref()), (true, Some("node-b#1")));
 }
 
 pub(crate) async fn dedup_finds_earlier_cmid(store: Arc<dyn MessageStore>) {

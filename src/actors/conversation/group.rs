@@ -30,7 +30,8 @@ use crate::store::MarkKind;
 pub type GroupReply = oneshot::Sender<Result<Arc<GroupInfo>, SendError>>;
 
 /// What a membership request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GroupChange {
     /// A new group with these members (the creator is added).
     Create {
@@ -219,9 +220,7 @@ impl ConvState {
                 all: true,
             };
             let frame = crate::gateway::connection::frame(&event);
-            for member in group.members.iter() {
-                self.node.sessions.deliver(member, &frame, None);
-            }
+            self.node.deliver(&group.members, crate::cluster::Kind::Frame, &frame, None).await;
             metrics::counter!("switchboard_receipts_aggregated_total").increment(1);
         }
     }

@@ -13,6 +13,7 @@ use switchboard_proto::ids::{ConvId, UserId};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Accepted, ConvMsg, DedupKey, Pending, PendingReply, Recipients, SendError};
+use crate::cluster::Kind;
 use crate::node::Node;
 use crate::store::{AppendBatch, GroupMeta};
 
@@ -86,9 +87,12 @@ impl WriteTask {
             // A new member list is visible to readers before anyone hears of the change.
             if let PendingReply::Group(change) = &reply {
                 node.groups.put(conv.clone(), change.info.clone());
+                if let Some(cluster) = &node.cluster {
+                    cluster.group_changed(&conv, &change.info).await;
+                }
             }
             match Utf8Bytes::try_from(message.frame) {
-                Ok(frame) => fan_out(&node, &conv, message.seq, &frame, conn_id, &recipients),
+                Ok(frame) => fan_out(&node, &conv, message.seq, &frame, conn_id, &recipients).await,
                 Err(error) => tracing::error!(conv = %conv, %error, "encoded frame is not UTF-8"),
             }
             match reply {
@@ -110,19 +114,27 @@ impl WriteTask {
     }
 }
 
-/// Pushes one durable `msg` frame to every recipient device on this node, except the
-/// sending connection (which gets the ack).
-fn fan_out(node: &Node, conv: &ConvId, seq: u64, frame: &Utf8Bytes, except: Option<u64>, recipients: &Recipients) {
-    let sessions = &node.sessions;
+/// Pushes one durable `msg` frame to every recipient device, on this node and through
+/// the cluster on the others, except the sending connection (which gets the ack).
+async fn fan_out(
+    node: &Node,
+    conv: &ConvId,
+    seq: u64,
+    frame: &Utf8Bytes,
+    except: Option<u64>,
+    recipients: &Recipients,
+) {
     let queued = match recipients {
-        Recipients::Users(users) => {
-            users.iter().map(|user| sessions.deliver_message(user, conv, seq, frame, except)).sum::<usize>()
-        }
+        Recipients::Users(users) => node.deliver(users, Kind::Msg { conv, seq }, frame, except).await,
         Recipients::Feed => {
+            let sessions = &node.sessions;
             let mut queued = 0;
             node.feeds.for_each_subscriber(conv, |user| {
                 queued += sessions.deliver_message(user, conv, seq, frame, except);
             });
+            if let Some(cluster) = &node.cluster {
+                cluster.deliver_feed(conv, seq, frame, except).await;
+            }
             queued
         }
     };

@@ -102,9 +102,8 @@ impl Connection {
             ConvKind::Feed => return Ok(()),
         };
         let event = frame(&TypingEvent { conv, user: user.clone(), state });
-        for member in members.iter().filter(|member| *member != user) {
-            self.node.sessions.deliver_ephemeral(member, &event, None);
-        }
+        let others: Vec<_> = members.into_iter().filter(|member| member != user).collect();
+        self.node.deliver(&others, crate::cluster::Kind::Ephemeral, &event, None).await;
         metrics::counter!("switchboard_typing_relayed_total").increment(1);
         Ok(())
     }

@@ -48,7 +48,7 @@ impl Connection {
         let (reply_tx, reply_rx) = oneshot::channel();
         let request =
             GroupRequest { by: self.identity.user.clone(), dev: self.identity.device.clone(), change, reply: reply_tx };
-        if let Err(error) = self.node.directory.conv(&self.node, &conv, ConvMsg::Group(request)).await {
+        if let Err(error) = self.node.to_conv(&conv, ConvMsg::Group(request)).await {
             self.directory_error(r#ref.as_deref(), &conv, &error);
             return;
         }

@@ -68,6 +68,8 @@ pub(super) enum CqlError {
     Fenced { conv: String, epoch: u64, stored_epoch: u64 },
     #[error("ownership epoch {epoch} is beyond the {max} that fits in a CQL write timestamp: a bug")]
     EpochTooLarge { epoch: u64, max: u64 },
+    #[error("ownership of {conv} still contended after {attempts} compare-and-set attempts; retry later")]
+    ClaimContended { conv: String, attempts: usize },
     #[error("schema statement failed ({statement}): {source}")]
     Migrate {
         statement: String,
@@ -140,7 +142,10 @@ impl CqlError {
             CqlError::Timeout { .. } => ErrorKind::Timeout,
             CqlError::BreakerOpen { .. } => ErrorKind::BreakerOpen,
             CqlError::Decode { .. } => ErrorKind::Corrupt,
-            CqlError::SeqConflict { .. } | CqlError::Rewrite { .. } | CqlError::Fenced { .. } => ErrorKind::Conflict,
+            CqlError::SeqConflict { .. }
+            | CqlError::Rewrite { .. }
+            | CqlError::Fenced { .. }
+            | CqlError::ClaimContended { .. } => ErrorKind::Conflict,
         }
     }
 }

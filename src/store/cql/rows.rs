@@ -87,6 +87,15 @@ where
     rows.maybe_first_row::<R>().map_err(|error| decode(what, &error.to_string()))
 }
 
+/// Whether a lightweight transaction applied: its first column, `[applied]` (a refused
+/// one adds the current values of the columns in its condition).
+pub(super) fn applied(result: QueryResult) -> CqlResult<bool> {
+    match first_row::<scylla::value::Row>(result, "[applied]")?.and_then(|row| row.columns.into_iter().next()) {
+        Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(applied),
+        _ => Err(decode("[applied]", "a conditional update answered without [applied]")),
+    }
+}
+
 pub(super) fn decode(what: &'static str, reason: &str) -> CqlError {
     CqlError::Decode { what, reason: reason.to_owned() }
 }

@@ -137,6 +137,17 @@ fn is_existing_column(error: &ExecutionError) -> bool {
     message.contains("already exists") || message.contains("conflicts with an existing column")
 }
 
+/// A compare-and-set (lightweight transaction). Not idempotent: a retry after a lost
+/// answer could find its own write and report it as someone else's; the caller re-reads
+/// and decides instead.
+async fn prepare_lwt(session: &Session, name: &'static str, cql: String) -> Result<PreparedStatement, CqlError> {
+    let mut statement =
+        session.prepare(cql).await.map_err(|source| CqlError::Prepare { statement: name, source: Box::new(source) })?;
+    statement.set_is_idempotent(false);
+    statement.set_serial_consistency(Some(scylla::statement::SerialConsistency::LocalSerial));
+    Ok(statement)
+}
+
 /// Every statement the store runs, prepared once at connect.
 #[derive(Debug)]
 pub(super) struct Statements {
@@ -164,6 +175,9 @@ pub(super) struct Statements {
     pub(super) presence_select: PreparedStatement,
     pub(super) revocation_raise: PreparedStatement,
     pub(super) revocation_select: PreparedStatement,
+    pub(super) owner_select: PreparedStatement,
+    pub(super) claim: PreparedStatement,
+    pub(super) claim_first: PreparedStatement,
     pub(super) health: PreparedStatement,
 }
 
@@ -193,7 +207,7 @@ impl Statements {
             meta_commit: prepare(
                 "conv_meta commit",
                 format!(
-                    "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, epoch = ?, bucket_size = ?, kind = ? \
+                    "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, bucket_size = ?, kind = ? \
                      WHERE conv = ?"
                 ),
             )
@@ -201,7 +215,7 @@ impl Statements {
             meta_commit_group: prepare(
                 "conv_meta commit with group",
                 format!(
-                    "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, epoch = ?, bucket_size = ?, kind = ?, \
+                    "UPDATE {ks}.conv_meta USING TIMESTAMP ? SET last_seq = ?, bucket_size = ?, kind = ?, \
                      members = ?, name = ? WHERE conv = ?"
                 ),
             )
@@ -324,6 +338,23 @@ impl Statements {
                 format!("SELECT before FROM {ks}.revocations WHERE user = ?"),
             )
             .await?,
+            owner_select: prepare(
+                "conv_meta owner select",
+                format!("SELECT epoch, owner FROM {ks}.conv_meta WHERE conv = ?"),
+            )
+            .await?,
+            claim: prepare_lwt(
+                session,
+                "conv_meta claim",
+                format!("UPDATE {ks}.conv_meta SET epoch = ?, owner = ? WHERE conv = ? IF epoch = ?"),
+            )
+            .await?,
+            claim_first: prepare_lwt(
+                session,
+                "conv_meta first claim",
+                format!("UPDATE {ks}.conv_meta SET epoch = ?, owner = ? WHERE conv = ? IF epoch = null"),
+            )
+            .await?,
             health: prepare("health", "SELECT release_version FROM system.local WHERE key = 'local'".to_owned())
                 .await?,
         })
@@ -338,7 +369,7 @@ mod tests {
     fn the_schema_renders_with_every_placeholder_filled() {
         let options = CqlOptions { keyspace: "chat".to_owned(), ..CqlOptions::default() };
         let statements = render_schema(&options);
-        assert_eq!(statements.len(), 10, "{statements:#?}");
+        assert_eq!(statements.len(), 11, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE KEYSPACE IF NOT EXISTS chat"));
         assert!(statements[0].contains("'replication_factor': 1"));
         assert!(statements.iter().all(|statement| !statement.contains("{{")));
@@ -350,7 +381,10 @@ mod tests {
         }
         assert!(statements.iter().any(|statement| statement.contains("default_time_to_live = 604800")));
         let added: Vec<_> = statements.iter().filter_map(|statement| added_column(statement)).collect();
-        assert_eq!(added, [("conv_meta".to_owned(), "name".to_owned())]);
+        assert_eq!(
+            added,
+            [("conv_meta".to_owned(), "name".to_owned()), ("conv_meta".to_owned(), "owner".to_owned())]
+        );
     }
 
     #[test]

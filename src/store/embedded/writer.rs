@@ -26,9 +26,22 @@ use crate::store::{AppendBatch, StoreError, StoreResult};
 #[derive(Debug)]
 pub(super) enum WriteOp {
     Append(AppendBatch),
-    Index { users: Vec<UserId>, conv: ConvId },
-    Unindex { user: UserId, conv: ConvId },
-    Revoke { user: UserId, before_ms: u64 },
+    Index {
+        users: Vec<UserId>,
+        conv: ConvId,
+    },
+    Unindex {
+        user: UserId,
+        conv: ConvId,
+    },
+    Revoke {
+        user: UserId,
+        before_ms: u64,
+    },
+    /// Raises the conversation's ownership epoch by one.
+    Claim {
+        conv: ConvId,
+    },
     Flush,
 }
 
@@ -165,6 +178,14 @@ impl Writer {
         match op {
             WriteOp::Append(batch) => {
                 let mut meta = self.current_meta(&batch.conv, staged)?;
+                // Fencing by ownership: a sequencer whose claim was superseded.
+                if batch.epoch < meta.epoch {
+                    return Err(EmbeddedError::Fenced {
+                        conv: batch.conv.to_string(),
+                        epoch: batch.epoch,
+                        stored_epoch: meta.epoch,
+                    });
+                }
                 if let Some(first) = batch.messages.first()
                     && first.seq != meta.last_seq.saturating_add(1)
                 {
@@ -223,6 +244,12 @@ impl Writer {
             }
             WriteOp::Unindex { user, conv } => {
                 staged.user_convs.insert(key_of(&[user.as_str(), conv.as_str()]), None);
+                Ok(0)
+            }
+            WriteOp::Claim { conv } => {
+                let mut meta = self.current_meta(conv, staged)?;
+                meta.epoch += 1;
+                staged.metas.insert(conv.clone(), meta);
                 Ok(0)
             }
             WriteOp::Revoke { user, before_ms } => {
