@@ -36,9 +36,11 @@ pub enum Deliver {
     Ephemeral { users: Vec<UserId> },
 }
 
-/// A request to one node ([`switchboard_cluster::subjects::node_rpc`]).
+/// A request to one node ([`switchboard_cluster::subjects::node_rpc`]). Externally
+/// tagged (`{"send": {...}}`): an internally tagged enum would buffer its fields, which
+/// a raw JSON `body` cannot go through.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Rpc {
     /// A send for a conversation the receiver owns.
     Send {
@@ -93,4 +95,37 @@ pub enum ClusterEvent {
     Group { conv: ConvId, name: String, members: Vec<UserId> },
     /// A user's tokens issued before `before` are revoked: close them, refuse them.
     Revoked { user: UserId, before: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_deliveries_round_trip_with_raw_bodies() {
+        let send = Rpc::Send {
+            conv: ConvId::new("dm:a:b").unwrap(),
+            from: UserId::new("a").unwrap(),
+            dev: DeviceId::new("phone").unwrap(),
+            conn_id: Some(7),
+            cmid: Some("c1".to_owned()),
+            body: RawValue::from_string(r#"{"text":"hi","n":[1,2]}"#.to_owned()).unwrap(),
+            system: false,
+            admin: false,
+        };
+        let encoded = serde_json::to_string(&send).unwrap();
+        let Rpc::Send { body, conn_id, .. } = serde_json::from_str(&encoded).unwrap() else {
+            panic!("not a send: {encoded}");
+        };
+        assert_eq!((body.get(), conn_id), (r#"{"text":"hi","n":[1,2]}"#, Some(7)));
+
+        let delivery = Delivery {
+            what: Deliver::Msg { conv: ConvId::new("dm:a:b").unwrap(), seq: 3, users: vec![UserId::new("b").unwrap()] },
+            except: None,
+            frame: RawValue::from_string(r#"{"type":"msg","seq":3}"#.to_owned()).unwrap(),
+        };
+        let decoded: Delivery = serde_json::from_slice(&serde_json::to_vec(&delivery).unwrap()).unwrap();
+        assert_eq!(decoded.frame.get(), r#"{"type":"msg","seq":3}"#);
+        assert!(matches!(decoded.what, Deliver::Msg { seq: 3, .. }));
+    }
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod admin;
 mod auth;
+mod cluster;
 mod cql_fault;
 mod durability;
 mod errors;

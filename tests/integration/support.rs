@@ -4,6 +4,7 @@
 pub(crate) mod client;
 pub(crate) mod cql;
 pub(crate) mod http;
+pub(crate) mod nats;
 pub(crate) mod server;
 pub(crate) mod token;
 

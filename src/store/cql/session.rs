@@ -381,10 +381,7 @@ mod tests {
         }
         assert!(statements.iter().any(|statement| statement.contains("default_time_to_live = 604800")));
         let added: Vec<_> = statements.iter().filter_map(|statement| added_column(statement)).collect();
-        assert_eq!(
-            added,
-            [("conv_meta".to_owned(), "name".to_owned()), ("conv_meta".to_owned(), "owner".to_owned())]
-        );
+        assert_eq!(added, [("conv_meta".to_owned(), "name".to_owned()), ("conv_meta".to_owned(), "owner".to_owned())]);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl TestServer {
 
     pub(crate) fn start_with(mut options: Options) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        if super::cql::servers_on_cql() {
+        if super::cql::servers_on_cql() && !options.args.iter().any(|arg| arg == "--store") {
             // A keyspace of its own, kept across restarts of this server.
             let keyspace = super::cql::fresh_keyspace("server");
             options.args.extend(["--store".to_owned(), format!("{}/{keyspace}", super::cql::base_url())]);
@@ -149,6 +149,10 @@ impl TestServer {
     }
 
     /// The process id of the running server.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
