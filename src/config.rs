@@ -672,4 +672,40 @@ mod tests {
     fn unknown_fields_are_rejected() {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
     }
+
+    #[test]
+    fn a_cluster_needs_a_shared_store_and_sane_timings() {
+        let mut config = Config { nats: Some("nats://127.0.0.1:4222".to_owned()), ..Config::default() };
+        let Err(ConfigError::Invalid(problems)) = config.validate() else {
+            panic!("a cluster on the embedded store must be refused");
+        };
+        assert!(problems.iter().any(|problem| problem.contains("shared store")), "{problems:?}");
+        config.store = "cql://127.0.0.1:9042/switchboard".to_owned();
+        assert!(config.validate().is_ok());
+        config.cluster.down_after_ms = config.cluster.heartbeat_interval_ms;
+        assert!(config.validate().is_err(), "down_after below two heartbeats");
+    }
+
+    /// The config in the Kubernetes manifest is a valid configuration of this version.
+    #[test]
+    fn the_kubernetes_config_map_is_valid() {
+        let manifest = include_str!("../deploy/k8s/switchboard.yaml");
+        let start = manifest.find("switchboard.toml: |").expect("the ConfigMap's file");
+        let text: Vec<&str> = manifest[start..]
+            .lines()
+            .skip(1)
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .map(|line| line.strip_prefix("    ").unwrap_or(line))
+            .collect();
+        let config: Config = toml::from_str(&text.join("\n")).expect("TOML of the ConfigMap");
+        config.validate().expect("a valid configuration");
+        assert!(config.nats.is_some() && config.store.starts_with("cql://"));
+        // The drain must end before Kubernetes kills the pod.
+        let grace_secs = manifest
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .expect("terminationGracePeriodSeconds");
+        assert!(grace_secs * 1000 > config.shutdown.grace_ms + 5_000, "termination grace shorter than the drain");
+    }
 }

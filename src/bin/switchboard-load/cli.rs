@@ -149,7 +149,8 @@ impl ChatArgs {
 /// Flags every scenario shares.
 #[derive(Args)]
 pub(crate) struct CommonArgs {
-    /// WebSocket endpoint of the server (ws:// only).
+    /// WebSocket endpoint of the server (ws:// only); several, comma-separated, for a
+    /// cluster: connections go round-robin over them, so chat pairs span two nodes.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub(crate) url: String,
 
@@ -283,8 +284,10 @@ pub(crate) fn validate(scenario: &ScenarioCommand) -> Result<(), String> {
     let common = scenario.common();
     let mut problems = Vec::new();
 
-    if !common.url.starts_with("ws://") {
-        problems.push(format!("--url must start with ws:// (got {:?}; TLS is not supported)", common.url));
+    for url in common.url.split(',').map(str::trim) {
+        if !url.starts_with("ws://") {
+            problems.push(format!("--url must be ws:// URLs, comma-separated (got {url:?}; TLS is not supported)"));
+        }
     }
     if common.connections == 0 {
         problems.push("--connections must be at least 1".to_owned());

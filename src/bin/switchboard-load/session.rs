@@ -43,7 +43,8 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
     let started = Instant::now();
     let mut phase_rx = env.phase_rx.clone();
 
-    let request = match env.auth.request(&env.target.url, &user, &env.device) {
+    let target = env.target(index);
+    let request = match env.auth.request(&target.url, &user, &env.device) {
         Ok(request) => request,
         Err(error) => {
             tracing::warn!(user.id = %user, %error, "cannot build upgrade request");
@@ -59,7 +60,7 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
     // Boxed: the handshake future is ~3 KB, and the task would keep that size for its
     // whole life; boxed, it is freed once the connection is up.
     let opened = tokio::select! {
-        opened = Box::pin(connect::open(&env.target, source, request, env.connect_timeout)) => opened,
+        opened = Box::pin(connect::open(target, source, request, env.connect_timeout)) => opened,
         () = stopped(&mut phase_rx) => {
             env.meters.error("connect.cancelled");
             env.meters.count(|c| {
@@ -542,7 +543,7 @@ mod tests {
         let clock = Clock::new();
         let env = Rc::new(SessionEnv {
             scenario: ScenarioKind::Chat,
-            target,
+            targets: vec![target],
             auth,
             user_prefix: "t-u".to_owned(),
             device: "d".to_owned(),

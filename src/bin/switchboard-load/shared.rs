@@ -163,7 +163,9 @@ pub(crate) struct ChatSettings {
 #[derive(Debug)]
 pub(crate) struct SessionEnv {
     pub(crate) scenario: ScenarioKind,
-    pub(crate) target: Target,
+    /// The servers (a cluster's nodes); connection `i` goes to `targets[i % len]`, so
+    /// the two ends of a chat pair land on different nodes when there are several.
+    pub(crate) targets: Vec<Target>,
     pub(crate) auth: Auth,
     pub(crate) user_prefix: String,
     pub(crate) device: String,
@@ -174,6 +176,13 @@ pub(crate) struct SessionEnv {
     pub(crate) clock: Clock,
     pub(crate) meters: std::rc::Rc<Meters>,
     pub(crate) phase_rx: watch::Receiver<Phase>,
+}
+
+impl SessionEnv {
+    /// The server of connection `index`.
+    pub(crate) fn target(&self, index: u64) -> &Target {
+        &self.targets[(index % self.targets.len() as u64) as usize]
+    }
 }
 
 #[cfg(test)]

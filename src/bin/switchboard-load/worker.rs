@@ -77,7 +77,10 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
     let plan = WorkerPlan::new(scenario, index);
     let deadline = worker_deadline(common.deadline_unix_ms)?;
     let run_id = common.run_id.clone().unwrap_or_else(|| "r0".to_owned());
-    let target = Target::resolve(&common.url).await?;
+    let mut targets = Vec::new();
+    for url in common.url.split(',') {
+        targets.push(Target::resolve(url.trim()).await?);
+    }
     let auth = match (&common.secret, common.dev) {
         (_, true) => Auth::dev(),
         (Some(secret), false) => {
@@ -101,7 +104,7 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
     let env = Rc::new(SessionEnv {
         scenario: scenario.kind(),
-        target,
+        targets,
         auth,
         user_prefix: common.user_prefix.clone(),
         device: common.device.clone(),
