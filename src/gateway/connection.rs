@@ -587,8 +587,11 @@ impl Connection {
     async fn resume(&self, r#ref: Option<String>, cursors: Option<BTreeMap<ConvId, u64>>) -> Result<(), CloseCode> {
         self.outbox.hold();
         let mut replayed = HashMap::new();
-        let outcome = self.replay(cursors, &mut replayed).await;
+        let mut reads = 0;
+        let outcome = self.replay(cursors, &mut replayed, &mut reads).await;
         self.outbox.release(replayed);
+        // Store reads per resume is a figure of the reconnect-storm benchmark.
+        metrics::counter!("switchboard_resume_store_reads_total").increment(reads);
         match outcome {
             Ok(heads) => {
                 self.push(frame(&Synced { r#ref, convs: heads }));
@@ -607,10 +610,12 @@ impl Connection {
         &self,
         cursors: Option<BTreeMap<ConvId, u64>>,
         replayed: &mut HashMap<ConvId, u64>,
+        reads: &mut u64,
     ) -> Result<BTreeMap<ConvId, u64>, Replay> {
         let store = &self.node.store;
         let user = &self.identity.user;
         let device = &self.identity.device;
+        *reads += 2;
         let mut positions = store.device_cursors(user, device).await?;
         let mut convs: BTreeSet<ConvId> = store.user_convs(user).await?.into_iter().collect();
         for (conv, seq) in cursors.unwrap_or_default() {
@@ -621,6 +626,7 @@ impl Connection {
         }
         let mut heads = BTreeMap::new();
         for conv in convs {
+            *reads += 1;
             let last_seq = store.load_conv(&conv).await?.map_or(0, |meta| meta.last_seq);
             let position = match positions.get(&conv) {
                 Some(&position) => position,
@@ -637,7 +643,7 @@ impl Connection {
             if conv.kind() == ConvKind::Feed {
                 self.node.feeds.add(&conv, user);
             }
-            let position = self.replay_conv(&conv, position, last_seq).await?;
+            let position = self.replay_conv(&conv, position, last_seq, reads).await?;
             replayed.insert(conv.clone(), position);
             heads.insert(conv, last_seq);
         }
@@ -646,10 +652,17 @@ impl Connection {
 
     /// Pushes the stored messages of `conv` after `position` up to `last_seq` (except
     /// this device's own); returns the last seq replayed past.
-    async fn replay_conv(&self, conv: &ConvId, mut position: u64, last_seq: u64) -> Result<u64, Replay> {
+    async fn replay_conv(
+        &self,
+        conv: &ConvId,
+        mut position: u64,
+        last_seq: u64,
+        reads: &mut u64,
+    ) -> Result<u64, Replay> {
         let page = self.node.config.store_options.resume_page;
         let wait = self.node.config.gateway.request_timeout();
         while position < last_seq {
+            *reads += 1;
             let messages = self.node.store.read_after(conv, position, page).await?;
             if messages.is_empty() {
                 break;

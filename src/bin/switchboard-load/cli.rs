@@ -121,6 +121,12 @@ pub(crate) struct ChatArgs {
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     pub(crate) receipt_interval: Duration,
 
+    /// Receivers never send receipts, not even when the run ends: every message stays
+    /// owed to them, so the next connection of these devices replays it. Primes a
+    /// reconnect storm (README "Benchmarks").
+    #[arg(long)]
+    pub(crate) no_receipts: bool,
+
     /// After the steady phase, how long to wait for outstanding acks and deliveries.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) drain: Duration,

@@ -472,6 +472,9 @@ impl Session {
     /// Queues a cumulative `delivered` receipt for every conversation that advanced.
     fn queue_receipts(&mut self) {
         self.receipt_due = None;
+        if self.env.chat.as_ref().is_some_and(|chat| !chat.receipts) {
+            return;
+        }
         for view in &mut self.convs {
             if let Some(last) = view.last_seq
                 && last > view.receipted
@@ -556,6 +559,7 @@ mod tests {
                 padding: frames::body_padding(100, clock.unix_micros()),
                 max_inflight: 64,
                 receipt_interval: Duration::from_millis(20),
+                receipts: true,
             }),
             clock,
             meters: Rc::clone(&meters),

@@ -157,6 +157,8 @@ pub(crate) struct ChatSettings {
     pub(crate) max_inflight: u32,
     /// How long receipts are batched.
     pub(crate) receipt_interval: Duration,
+    /// Whether receivers send receipts at all.
+    pub(crate) receipts: bool,
 }
 
 /// Everything a session reads; one per worker, shared by reference count.

@@ -97,6 +97,7 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         padding: frames::body_padding(chat.body_bytes, clock.unix_micros()),
         max_inflight: chat.max_inflight,
         receipt_interval: chat.receipt_interval,
+        receipts: !chat.no_receipts,
     });
     let drain_limit = scenario.chat().map_or(Duration::ZERO, |chat| chat.drain);
 

@@ -79,7 +79,7 @@ impl Connection {
             let head = store.load_conv(&conv).await?.map_or(0, |meta| meta.last_seq);
             self.push(frame(&Subscribed { r#ref: r#ref.clone(), conv: conv.clone(), seq: head }));
             let position = match since {
-                Some(since) => self.replay_conv(&conv, since, head).await?,
+                Some(since) => self.replay_conv(&conv, since, head, &mut 0).await?,
                 None => {
                     if head > 0 {
                         store.advance_cursor(user, device, &conv, head).await?;
