@@ -75,12 +75,17 @@ impl GroupCache {
         self.cache.insert(conv, Some(info));
     }
 
-    /// Groups (and known-missing ids) cached now.
     /// Forgets every entry (changes may have been missed: they are loaded again).
     pub fn clear(&self) {
         self.cache.clear();
     }
 
+    /// Forgets one group: the next `get` reads the store.
+    pub fn forget(&self, conv: &ConvId) {
+        self.cache.remove(conv);
+    }
+
+    /// Groups (and known-missing ids) cached now.
     pub fn len(&self) -> usize {
         self.cache.len()
     }

@@ -54,7 +54,7 @@ use crate::auth::Identity;
 use crate::limits::{IpSlot, RateLimit, Strikes};
 use crate::node::Node;
 use crate::sessions::DeviceSession;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreResult};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type SendResult = (Option<String>, ConvId, Result<Accepted, SendError>);
@@ -402,7 +402,7 @@ impl Connection {
             // The group's sequencer decides who may change it (it also knows changes not
             // durable yet); only a group that does not exist is refused here, so unknown
             // ids start no actor.
-            return match self.node.groups.get(self.node.store.as_ref(), conv).await {
+            return match self.group_of(conv).await {
                 Ok(None) => Err((ErrorCode::NotFound, "no such group")),
                 _ => Ok(()),
             };
@@ -417,13 +417,28 @@ impl Connection {
         }
     }
 
+    /// The group for authorizing this user. In a cluster a change made on another node
+    /// reaches this node's cache by a bus event, which may trail the `msg` that told the
+    /// user about it: a refusal is checked against the store once before it stands.
+    async fn group_of(&self, conv: &ConvId) -> StoreResult<Option<Arc<crate::groups::GroupInfo>>> {
+        let groups = &self.node.groups;
+        let store = self.node.store.as_ref();
+        let group = groups.get(store, conv).await?;
+        let admitted = group.as_ref().is_some_and(|group| group.is_member(&self.identity.user));
+        if admitted || self.node.cluster.is_none() {
+            return Ok(group);
+        }
+        groups.forget(conv);
+        groups.get(store, conv).await
+    }
+
     /// Whether this user may read `conv`: dm and group members, anyone for a feed.
     async fn may_read(&self, conv: &ConvId) -> Result<(), (ErrorCode, &'static str)> {
         let user = &self.identity.user;
         match conv.kind() {
             ConvKind::Dm if conv.dm_peer(user).is_some() => Ok(()),
             ConvKind::Dm => Err((ErrorCode::Forbidden, "you are not a member of this conversation")),
-            ConvKind::Group => match self.node.groups.get(self.node.store.as_ref(), conv).await {
+            ConvKind::Group => match self.group_of(conv).await {
                 Ok(Some(group)) if group.is_member(user) => Ok(()),
                 Ok(Some(_)) => Err((ErrorCode::Forbidden, "you are not a member of this group")),
                 Ok(None) => Err((ErrorCode::NotFound, "no such group")),
