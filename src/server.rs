@@ -26,7 +26,7 @@ use switchboard_cluster::nats::{NatsBus, NatsOptions};
 
 use crate::cluster::Cluster;
 use switchboard_proto::close::CloseCode;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tower::ServiceExt as _;
 
 use crate::actors::supervisor::RestartPolicy;
@@ -38,6 +38,12 @@ use crate::node::Node;
 use crate::store::MessageStore;
 use crate::store::cql::{CqlOptions, CqlStore, parse_consistency};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+
+/// Accept queue the listener asks for. The kernel grants at most `net.core.somaxconn`
+/// (4096 by default; deploy/sysctl raises it): after a node's loss its clients reconnect
+/// to the others at once, and tokio's default of 128 would drop their SYNs, leaving each
+/// client waiting a second or more for a TCP retransmission.
+const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Largest HTTP request head accepted (a header bomb gets 431).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -89,8 +95,7 @@ impl Server {
         let mailboxes = MailboxLimits { user: config.actors.user_mailbox_max, conv: config.actors.conv_mailbox_max };
         let directory =
             Directory::start(policy, escalation.clone(), mailboxes).await.context("cannot start the actor tree")?;
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let node = Arc::new(Node::new(config, store, bus, cluster, auth, directory, metrics));
         // Root escalating means the tree cannot keep itself alive: stop the node.
@@ -152,6 +157,15 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Binds the listener as `TcpListener::bind` does (`SO_REUSEADDR`, so a restarted node
+/// gets its port back despite TIME_WAIT), with a deeper accept queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Opens the configured store: embedded (fjall) or CQL.

@@ -4,7 +4,9 @@
 // fresh data directory, opens two pages (alice and bob), and checks, each step with a
 // bounded wait: alice opens the dm with bob and sends a message; bob's page shows it;
 // bob opens the conversation (a `read` receipt); alice's message shows the read tick;
-// bob replies; alice creates a group with bob and her message there reaches bob.
+// bob's typing shows on alice's page and goes away when he empties the field; bob
+// replies; alice creates a group with bob and her message there reaches bob; and neither
+// page logged a script error or a Content-Security-Policy violation along the way.
 // Screenshots of both pages go to target/browser/. The server and the browser are
 // stopped at the end, also on failure.
 //
@@ -49,6 +51,24 @@ function startServer(dataDir) {
   return { server, ready, log: () => log };
 }
 
+/**
+ * Collects what must not happen on a page: uncaught script errors, console errors, and
+ * Content-Security-Policy violations (also reported as console errors by Chromium; the
+ * event makes each one explicit, with the directive it broke).
+ */
+async function watchForProblems(page, name, problems) {
+  page.on('pageerror', (error) => problems.push(`${name}: script error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`${name}: console error: ${message.text()}`);
+  });
+  // Init scripts are injected by the browser itself, so the page's CSP does not block it.
+  await page.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (event) => {
+      console.error(`csp violation: ${event.violatedDirective} blocked ${event.blockedURI || 'inline code'}`);
+    });
+  });
+}
+
 async function login(page, base, user) {
   await page.goto(`${base}/`);
   await page.getByTestId('login-user').fill(user);
@@ -76,6 +96,9 @@ async function main() {
     });
     const alice = await (await browser.newContext({ viewport: { width: 1100, height: 700 } })).newPage();
     const bob = await (await browser.newContext({ viewport: { width: 1100, height: 700 } })).newPage();
+    const problems = [];
+    await watchForProblems(alice, 'alice', problems);
+    await watchForProblems(bob, 'bob', problems);
     const step = async (name, body) => {
       try {
         await body();
@@ -107,6 +130,13 @@ async function main() {
       await bob.locator('[data-testid=message][data-from=alice]', { hasText: text }).waitFor({ timeout: STEP_MS });
       await alice.locator('[data-testid=message][data-seq="1"][data-state=read]').waitFor({ timeout: STEP_MS });
     });
+    await step('typing_shows_on_the_other_page_then_clears', async () => {
+      await bob.getByTestId('composer-input').pressSequentially('hi al', { delay: 30 });
+      await alice.locator('[data-testid=typing]', { hasText: 'bob is typing' }).waitFor({ timeout: STEP_MS });
+      // Emptying the field sends `stop`, which clears the indicator (long before its timeout).
+      await bob.getByTestId('composer-input').fill('');
+      await alice.locator('[data-testid=typing]', { hasText: /^$/ }).waitFor({ timeout: STEP_MS });
+    });
     await step('a_reply_comes_back', async () => {
       await bob.getByTestId('composer-input').fill('hi alice');
       await bob.getByTestId('composer-send').click();
@@ -125,6 +155,9 @@ async function main() {
       await alice.getByTestId('composer-send').click();
       await bob.locator(group).click();
       await bob.locator('[data-testid=message][data-from=alice]', { hasText: 'packing list?' }).waitFor({ timeout: STEP_MS });
+    });
+    await step('no_script_errors_or_csp_violations', async () => {
+      if (problems.length > 0) throw new Error(problems.join('\n'));
     });
     await alice.screenshot({ path: join(shots, 'alice.png') });
     await bob.screenshot({ path: join(shots, 'bob.png') });
