@@ -5,14 +5,25 @@
 //! core: a message published while a peer is disconnected or too slow is lost. That is
 //! by design. Durability comes from the store, and every client resumes from its cursor
 //! on reconnect (DESIGN sections 3 and 4.6), so the bus only has to be fast.
+//!
+//! Requests are NATS core requests: [`Bus::request`] publishes with a fresh reply subject
+//! (an inbox, `_INBOX.…`) and waits for the first message published to it. A responder
+//! receives the request as a [`BusMessage`] whose `reply` names that inbox, and answers
+//! with a plain [`Bus::publish`] to it. When nothing subscribes to the request's subject
+//! the requester learns it at once ([`BusError::NoResponders`]) instead of waiting out
+//! its timeout.
+//!
+//! The connection state is a watch ([`Bus::connected_watch`]), so the server can react
+//! when the bus comes back after an outage (resubscribe, resynchronise presence).
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::subject::SubjectError;
 
@@ -24,16 +35,34 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Publishes `payload` on `subject` to every matching subscription. Never waits for
-    /// subscribers: a subscriber that cannot keep up loses the message.
+    /// subscribers: a subscriber that cannot keep up loses the message. `subject` may be
+    /// the `reply` of a received request: that is how a responder answers.
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
 
     /// Subscribes to a subject or wildcard pattern. The subscription ends when the
     /// returned [`Subscription`] is dropped.
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
 
+    /// Sends one request and returns the first reply. Fails with
+    /// [`BusError::NoResponders`] at once when no subscription matches `subject`, and
+    /// with [`BusError::Timeout`] when nothing answers within `timeout` (a reply that
+    /// arrives later is discarded).
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError>;
+
+    /// Waits until everything this handle published before the call has reached the bus
+    /// (for NATS: been processed by the server, so subscribers there will get it). For
+    /// tests, and for shutdown, where a leave message must go out before the process
+    /// exits.
+    async fn flush(&self) -> Result<(), BusError>;
+
     /// Whether the bus can currently reach its peers. While it cannot, publishes fail
     /// with [`BusError::Disconnected`] and local delivery carries on without it.
     fn is_connected(&self) -> bool;
+
+    /// The connection state, `true` while connected, as a watch: `changed()` wakes on
+    /// every disconnect and reconnect, so the server can resynchronise when the bus comes
+    /// back after an outage. Subscriptions survive an outage by themselves.
+    fn connected_watch(&self) -> watch::Receiver<bool>;
 }
 
 /// Why a bus operation failed.
@@ -51,6 +80,14 @@ pub enum BusError {
     /// default); the caller should split it or send a reference instead.
     #[error("payload of {size} bytes exceeds the bus maximum of {max} bytes")]
     PayloadTooLarge { size: usize, max: usize },
+    /// A request got no reply in time: the responder is slow, stuck or lost the request
+    /// (the bus is best-effort). The caller may retry, or treat the peer as unavailable.
+    #[error("bus request got no reply in time; retry, or treat the responder as unavailable")]
+    Timeout,
+    /// Nothing subscribes to the request's subject, so no reply can come: the peer is
+    /// gone (or not yet there). The caller should re-resolve the peer instead of retrying.
+    #[error("no subscriber for the bus request; the peer is gone, re-resolve it instead of retrying")]
+    NoResponders,
 }
 
 /// One message received on a subscription.
@@ -58,6 +95,9 @@ pub enum BusError {
 pub struct BusMessage {
     /// The subject it was published to (not the subscription's pattern).
     pub subject: String,
+    /// Where to send the answer when the message is a request ([`Bus::request`]): publish
+    /// the reply to this subject. `None` for a plain publish.
+    pub reply: Option<String>,
     pub payload: Bytes,
 }
 
@@ -138,7 +178,8 @@ mod tests {
         let mut subscription = Subscription::new("a.b", receiver, Arc::default(), move || {
             assert!(!flag.swap(true, Ordering::SeqCst), "unsubscribed twice");
         });
-        sender.try_send(BusMessage { subject: "a.b".into(), payload: Bytes::from_static(b"x") }).unwrap();
+        let message = BusMessage { subject: "a.b".into(), reply: None, payload: Bytes::from_static(b"x") };
+        sender.try_send(message).unwrap();
         assert_eq!(subscription.next().await.unwrap().payload, Bytes::from_static(b"x"));
         assert!(subscription.try_next().is_none());
         assert_eq!(subscription.subject(), "a.b");
@@ -152,5 +193,7 @@ mod tests {
         let error = BusError::InvalidSubject { subject: "a..b".into(), reason: SubjectError::EmptyToken };
         assert!(error.to_string().contains("a..b"));
         assert!(BusError::Disconnected.to_string().contains("resume"));
+        assert!(BusError::Timeout.to_string().contains("retry"));
+        assert!(BusError::NoResponders.to_string().contains("re-resolve"));
     }
 }
