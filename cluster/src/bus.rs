@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::subject::SubjectError;
+use crate::subject::{SubjectError, validate_pattern, validate_subject};
 
 /// A publish/subscribe bus. Implementations are cheap cloneable handles; share one per
 /// process.
@@ -69,8 +69,9 @@ pub trait Bus: Send + Sync + fmt::Debug + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
-    /// The bus cannot reach its server. Local delivery continues; remote recipients
-    /// catch up by resume once the bus is back.
+    /// The bus cannot reach its server (for NATS also: the client's bounded queue to the
+    /// server stayed full for the publish timeout). Local delivery continues; remote
+    /// recipients catch up by resume once the bus is back.
     #[error("bus is disconnected; remote peers will catch up by resume when it is back")]
     Disconnected,
     /// The subject (or pattern) breaks the subject rules.
@@ -143,6 +144,57 @@ impl Subscription {
     /// store.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// For bus implementations: the checks of a publish (or request) before it goes out, the
+/// same on every bus.
+pub(crate) fn check_publish(subject: &str, payload: &Bytes, max_payload: usize) -> Result<(), BusError> {
+    validate_subject(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
+    if payload.len() > max_payload {
+        return Err(BusError::PayloadTooLarge { size: payload.len(), max: max_payload });
+    }
+    Ok(())
+}
+
+/// For bus implementations: the check of a subscription's pattern.
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), BusError> {
+    validate_pattern(pattern).map_err(|reason| BusError::InvalidSubject { subject: pattern.to_owned(), reason })
+}
+
+/// What became of a message offered to a subscription's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offered {
+    Queued,
+    /// The queue was full: the message is lost, and counted in `dropped`.
+    Dropped,
+    /// The subscription is being dropped.
+    Closed,
+}
+
+/// For bus implementations: hands `message` to a subscription's queue without waiting.
+/// A full queue loses the message; the loss is counted in `dropped` (the subscription's
+/// counter), and the transition into dropping is logged, not every drop: a stuck
+/// subscriber would otherwise flood the log.
+pub(crate) fn offer(
+    sender: &mpsc::Sender<BusMessage>,
+    message: BusMessage,
+    dropped: &AtomicU64,
+    pattern: &str,
+) -> Offered {
+    match sender.try_send(message) {
+        Ok(()) => Offered::Queued,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    bus.pattern = %pattern,
+                    bus.capacity = sender.max_capacity(),
+                    "bus subscriber is full, dropping messages"
+                );
+            }
+            Offered::Dropped
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Offered::Closed,
     }
 }
 

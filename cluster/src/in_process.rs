@@ -28,11 +28,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
-use crate::bus::{Bus, BusError, BusMessage, Subscription};
-use crate::subject::{is_wildcard, matches, validate_pattern, validate_subject};
+use crate::bus::{Bus, BusError, BusMessage, Offered, Subscription, check_pattern, check_publish, offer};
+use crate::subject::{is_wildcard, matches};
 
 /// The first token of reply subjects, the same as NATS' default.
 const INBOX_PREFIX: &str = "_INBOX";
@@ -126,15 +125,6 @@ impl InProcessBus {
         exact + self.shared.read_wildcards().len()
     }
 
-    fn check_publish(&self, subject: &str, payload: &Bytes) -> Result<(), BusError> {
-        validate_subject(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
-        let max = self.shared.options.max_payload_bytes;
-        if payload.len() > max {
-            return Err(BusError::PayloadTooLarge { size: payload.len(), max });
-        }
-        Ok(())
-    }
-
     /// Subscribes to a pattern already validated.
     fn subscribe_unchecked(&self, subject: &str, capacity: usize) -> Subscription {
         let (sender, receiver) = mpsc::channel(capacity);
@@ -186,25 +176,13 @@ impl Shared {
     fn offer(&self, entry: &Entry, subject: &str, reply: Option<&str>, payload: &Bytes) {
         let message =
             BusMessage { subject: subject.to_owned(), reply: reply.map(str::to_owned), payload: payload.clone() };
-        match entry.sender.try_send(message) {
-            Ok(()) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                // Log the transition into dropping, not every drop: a stuck subscriber
-                // would otherwise flood the log.
-                if entry.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        bus.pattern = %entry.pattern,
-                        bus.capacity = self.options.subscription_capacity,
-                        "bus subscriber is full, dropping messages"
-                    );
-                }
-            }
+        let counter = match offer(&entry.sender, message, &entry.dropped, &entry.pattern) {
+            Offered::Queued => &self.delivered,
+            Offered::Dropped => &self.dropped,
             // The subscription is being dropped right now; its entry is about to go.
-            Err(TrySendError::Closed(_)) => {}
-        }
+            Offered::Closed => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn unsubscribe(&self, id: u64, pattern: &str) {
@@ -228,18 +206,18 @@ impl Bus for InProcessBus {
     }
 
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.check_publish(subject, &payload)?;
+        check_publish(subject, &payload, self.shared.options.max_payload_bytes)?;
         self.shared.route(subject, None, &payload);
         Ok(())
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
-        validate_pattern(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
+        check_pattern(subject)?;
         Ok(self.subscribe_unchecked(subject, self.shared.options.subscription_capacity))
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
-        self.check_publish(subject, &payload)?;
+        check_publish(subject, &payload, self.shared.options.max_payload_bytes)?;
         let inbox = format!("{INBOX_PREFIX}.{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         // Only the first reply counts, so one slot is enough; dropping the subscription on
         // return discards any later one.
