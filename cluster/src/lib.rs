@@ -12,15 +12,20 @@
 //! - [`subject`]: subject validation and `*` / `>` wildcard matching (NATS rules).
 //! - [`subjects`]: every subject name the cluster uses; nothing else formats one.
 //! - [`in_process`]: [`InProcessBus`], the single-node and test implementation.
+//! - [`nats`]: [`NatsBus`], the cluster implementation over NATS core: one connection
+//!   per process that reconnects by itself, fails fast while disconnected, and reports
+//!   its state through [`Bus::connected_watch`].
 
 // Tests may unwrap: a panic there is a test failure with a backtrace.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod in_process;
+pub mod nats;
 pub mod subject;
 pub mod subjects;
 
 pub use bus::{Bus, BusError, BusMessage, Subscription};
 pub use in_process::{InProcessBus, InProcessOptions};
+pub use nats::{NatsBus, NatsConnectError, NatsOptions};
 pub use subject::SubjectError;
