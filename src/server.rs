@@ -77,9 +77,12 @@ impl Server {
             None => (Arc::new(InProcessBus::new()) as Arc<dyn switchboard_cluster::Bus>, None),
             Some(urls) => {
                 let node_id = config.node_id();
-                let bus = NatsBus::connect(NatsOptions::new(urls, node_id.clone()))
-                    .await
-                    .context("cannot join the cluster bus")?;
+                let options = NatsOptions {
+                    urls: NatsOptions::split_urls(urls),
+                    name: node_id.clone(),
+                    ..NatsOptions::default()
+                };
+                let bus = NatsBus::connect(options).await.context("cannot join the cluster bus")?;
                 let bus = Arc::new(bus) as Arc<dyn switchboard_cluster::Bus>;
                 // The incarnation tells this process from earlier ones with the same id.
                 let incarnation = crate::node::now_ms();

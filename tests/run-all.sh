@@ -41,6 +41,10 @@ mkdir -p target
 # Runs a test command, keeping its output for the closing summary.
 run() { "$@" 2>&1 | tee -a "$results"; }
 
+echo "==> nats-server"
+SWITCHBOARD_NATS_SERVER="$(bash tests/nats/setup.sh | tail -n 1)"
+export SWITCHBOARD_NATS_SERVER
+
 echo "==> build"
 cargo build --workspace --all-targets --locked
 
@@ -50,10 +54,6 @@ loom_preemptions="${LOOM_MAX_PREEMPTIONS:-3}"
 echo "==> loom models (at most $loom_preemptions preemptions)"
 RUSTFLAGS="--cfg switchboard_loom" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
     LOOM_MAX_PREEMPTIONS="$loom_preemptions" run cargo test --profile loom --lib --locked loom_
-
-echo "==> nats-server"
-SWITCHBOARD_NATS_SERVER="$(bash tests/nats/setup.sh | tail -n 1)"
-export SWITCHBOARD_NATS_SERVER
 
 echo "==> cassandra"
 bash "$cassandra" install

@@ -7,6 +7,15 @@
 //! (counted per subscription and in total). Durability comes from the store and resume,
 //! never from the bus.
 //!
+//! Requests work as in NATS: the requester subscribes to a fresh inbox subject
+//! (`_INBOX.<n>`, the NATS prefix, so a responder treats both buses alike), publishes with
+//! that inbox as `reply`, and waits for the first message on it. A request that matches no
+//! subscription fails at once with [`BusError::NoResponders`], as NATS 2.2+ reports it;
+//! one whose responder's queue is full is lost and times out, as in NATS.
+//!
+//! The bus is always connected: [`Bus::connected_watch`] stays `true`, and
+//! [`Bus::flush`] has nothing to wait for (a publish is done when it returns).
+//!
 //! Routing: subscriptions to plain subjects sit in a map keyed by subject (a publish
 //! to a node inbox or user inbox is one lookup); the few wildcard subscriptions are
 //! scanned on every publish. No lock or map guard is ever held across an `.await`: all
@@ -14,17 +23,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 
-use crate::bus::{Bus, BusError, BusMessage, Subscription};
-use crate::subject::{is_wildcard, matches, validate_pattern, validate_subject};
+use crate::bus::{Bus, BusError, BusMessage, Offered, Subscription, check_pattern, check_publish, offer};
+use crate::subject::{is_wildcard, matches};
+
+/// The first token of reply subjects, the same as NATS' default.
+const INBOX_PREFIX: &str = "_INBOX";
 
 /// Tuning of an [`InProcessBus`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +69,8 @@ struct Shared {
     next_id: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
-    /// Always connected; a watch only so callers can treat every bus alike.
-    connected: tokio::sync::watch::Sender<bool>,
+    /// Always `true`; kept so that every watch handed out stays open.
+    connected: watch::Sender<bool>,
 }
 
 /// The publishing side of one subscription.
@@ -94,7 +104,7 @@ impl InProcessBus {
             next_id: AtomicU64::new(1),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            connected: tokio::sync::watch::Sender::new(true),
+            connected: watch::Sender::new(true),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -114,6 +124,24 @@ impl InProcessBus {
         let exact: usize = self.shared.exact.iter().map(|entries| entries.len()).sum();
         exact + self.shared.read_wildcards().len()
     }
+
+    /// Subscribes to a pattern already validated.
+    fn subscribe_unchecked(&self, subject: &str, capacity: usize) -> Subscription {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let entry = Entry { id, pattern: subject.to_owned(), sender, dropped: Arc::clone(&dropped) };
+        if is_wildcard(subject) {
+            self.shared.write_wildcards().push(entry);
+        } else {
+            self.shared.exact.entry(subject.to_owned()).or_default().push(entry);
+        }
+        // The closure holds the shared state, not the handle: a subscription keeps the
+        // bus alive, which is what its owner expects.
+        let shared = Arc::clone(&self.shared);
+        let pattern = subject.to_owned();
+        Subscription::new(subject, receiver, dropped, move || shared.unsubscribe(id, &pattern))
+    }
 }
 
 impl Shared {
@@ -127,50 +155,34 @@ impl Shared {
         self.wildcards.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands one message to one subscription without waiting.
-    fn offer(&self, entry: &Entry, subject: &str, payload: &Bytes, reply: Option<&str>) {
-        let message =
-            BusMessage { subject: subject.to_owned(), payload: payload.clone(), reply: reply.map(str::to_owned) };
-        match entry.sender.try_send(message) {
-            Ok(()) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                // Log the transition into dropping, not every drop: a stuck subscriber
-                // would otherwise flood the log.
-                if entry.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        bus.pattern = %entry.pattern,
-                        bus.capacity = self.options.subscription_capacity,
-                        "bus subscriber is full, dropping messages"
-                    );
-                }
-            }
-            // The subscription is being dropped right now; its entry is about to go.
-            Err(TrySendError::Closed(_)) => {}
-        }
-    }
-
-    /// Offers a message to every matching subscription; how many there were.
-    fn publish(&self, subject: &str, payload: &Bytes, reply: Option<&str>) -> Result<usize, BusError> {
-        validate_subject(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
-        let max = self.options.max_payload_bytes;
-        if payload.len() > max {
-            return Err(BusError::PayloadTooLarge { size: payload.len(), max });
-        }
+    /// Hands a message to every matching subscription without waiting, and returns how
+    /// many matched (counting those whose queue was full).
+    fn route(&self, subject: &str, reply: Option<&str>, payload: &Bytes) -> usize {
         let mut matched = 0;
         if let Some(entries) = self.exact.get(subject) {
             for entry in entries.iter() {
-                self.offer(entry, subject, payload, reply);
+                self.offer(entry, subject, reply, payload);
                 matched += 1;
             }
         }
         for entry in self.read_wildcards().iter().filter(|entry| matches(&entry.pattern, subject)) {
-            self.offer(entry, subject, payload, reply);
+            self.offer(entry, subject, reply, payload);
             matched += 1;
         }
-        Ok(matched)
+        matched
+    }
+
+    /// Hands one message to one subscription without waiting.
+    fn offer(&self, entry: &Entry, subject: &str, reply: Option<&str>, payload: &Bytes) {
+        let message =
+            BusMessage { subject: subject.to_owned(), reply: reply.map(str::to_owned), payload: payload.clone() };
+        let counter = match offer(&entry.sender, message, &entry.dropped, &entry.pattern) {
+            Offered::Queued => &self.delivered,
+            Offered::Dropped => &self.dropped,
+            // The subscription is being dropped right now; its entry is about to go.
+            Offered::Closed => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn unsubscribe(&self, id: u64, pattern: &str) {
@@ -194,50 +206,42 @@ impl Bus for InProcessBus {
     }
 
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.shared.publish(subject, &payload, None).map(drop)
+        check_publish(subject, &payload, self.shared.options.max_payload_bytes)?;
+        self.shared.route(subject, None, &payload);
+        Ok(())
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        check_pattern(subject)?;
+        Ok(self.subscribe_unchecked(subject, self.shared.options.subscription_capacity))
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
-        let inbox = format!("_INBOX.{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut replies = self.subscribe(&inbox).await?;
-        if self.shared.publish(subject, &payload, Some(&inbox))? == 0 {
+        check_publish(subject, &payload, self.shared.options.max_payload_bytes)?;
+        let inbox = format!("{INBOX_PREFIX}.{}", self.shared.next_id.fetch_add(1, Ordering::Relaxed));
+        // Only the first reply counts, so one slot is enough; dropping the subscription on
+        // return discards any later one.
+        let mut replies = self.subscribe_unchecked(&inbox, 1);
+        if self.shared.route(subject, Some(&inbox), &payload) == 0 {
             return Err(BusError::NoResponders);
         }
         match tokio::time::timeout(timeout, replies.next()).await {
             Ok(Some(reply)) => Ok(reply.payload),
+            // `replies` holds the bus, so its channel cannot close before it is dropped.
             Ok(None) | Err(_) => Err(BusError::Timeout),
         }
     }
 
     async fn flush(&self) -> Result<(), BusError> {
-        // Every publish is handed over before it returns.
         Ok(())
-    }
-
-    fn connected_watch(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.shared.connected.subscribe()
-    }
-
-    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
-        validate_pattern(subject).map_err(|reason| BusError::InvalidSubject { subject: subject.to_owned(), reason })?;
-        let (sender, receiver) = mpsc::channel(self.shared.options.subscription_capacity);
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let entry = Entry { id, pattern: subject.to_owned(), sender, dropped: Arc::clone(&dropped) };
-        if is_wildcard(subject) {
-            self.shared.write_wildcards().push(entry);
-        } else {
-            self.shared.exact.entry(subject.to_owned()).or_default().push(entry);
-        }
-        // The closure holds the shared state, not the handle: a subscription keeps the
-        // bus alive, which is what its owner expects.
-        let shared = Arc::clone(&self.shared);
-        let pattern = subject.to_owned();
-        Ok(Subscription::new(subject, receiver, dropped, move || shared.unsubscribe(id, &pattern)))
     }
 
     fn is_connected(&self) -> bool {
         true
+    }
+
+    fn connected_watch(&self) -> watch::Receiver<bool> {
+        self.shared.connected.subscribe()
     }
 }
 
@@ -258,32 +262,9 @@ mod tests {
         let mut other = bus.subscribe("sb.node.n2").await.unwrap();
         bus.publish("sb.node.n1", payload("hi")).await.unwrap();
         let message = inbox.next().await.unwrap();
-        assert_eq!(message, BusMessage { subject: "sb.node.n1".into(), payload: payload("hi"), reply: None });
+        assert_eq!(message, BusMessage { subject: "sb.node.n1".into(), reply: None, payload: payload("hi") });
         assert!(other.try_next().is_none());
         assert_eq!(bus.delivered(), 1);
-    }
-
-    #[tokio::test]
-    async fn requests_get_the_first_reply_or_fail_fast() {
-        let bus = InProcessBus::new();
-        let no_one = bus.request("sb.rpc.n9", payload("?"), Duration::from_secs(5)).await;
-        assert_eq!(no_one, Err(BusError::NoResponders));
-
-        let mut responder = bus.subscribe("sb.rpc.n1").await.unwrap();
-        let server = bus.clone();
-        tokio::spawn(async move {
-            let request = responder.next().await.unwrap();
-            assert_eq!(request.payload, payload("ping"));
-            server.publish(request.reply.as_deref().unwrap(), payload("pong")).await.unwrap();
-        });
-        assert_eq!(bus.request("sb.rpc.n1", payload("ping"), Duration::from_secs(5)).await, Ok(payload("pong")));
-
-        // A responder that never answers: the requester gives up at its timeout.
-        let _silent = bus.subscribe("sb.rpc.n2").await.unwrap();
-        let silent = bus.request("sb.rpc.n2", payload("ping"), Duration::from_millis(50)).await;
-        assert_eq!(silent, Err(BusError::Timeout));
-        assert!(*bus.connected_watch().borrow());
-        assert_eq!(bus.flush().await, Ok(()));
     }
 
     #[tokio::test]
@@ -399,6 +380,54 @@ mod tests {
         assert!(matches!(bus.publish("", payload("x")).await, Err(BusError::InvalidSubject { .. })));
         assert!(matches!(bus.subscribe("a.>.b").await, Err(BusError::InvalidSubject { .. })));
         assert_eq!(bus.publish("a", payload("12345")).await, Err(BusError::PayloadTooLarge { size: 5, max: 4 }));
+    }
+
+    #[tokio::test]
+    async fn request_and_reply() {
+        let bus = InProcessBus::new();
+        let mut service = bus.subscribe("svc.echo").await.unwrap();
+        let responder = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                let request = service.next().await.unwrap();
+                let reply = request.reply.unwrap();
+                assert!(reply.starts_with("_INBOX."), "{reply}");
+                bus.publish(&reply, request.payload).await.unwrap();
+                // Only the first answer counts; a second one goes nowhere.
+                bus.publish(&reply, payload("late")).await.unwrap();
+            }
+        });
+        let answer = bus.request("svc.echo", payload("ping"), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer, payload("ping"));
+        responder.await.unwrap();
+        assert_eq!(bus.subscription_count(), 0, "the reply inbox is unsubscribed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_without_subscriber_or_answer() {
+        let bus = InProcessBus::new();
+        let started = tokio::time::Instant::now();
+        assert_eq!(bus.request("nobody", payload("x"), Duration::from_secs(5)).await, Err(BusError::NoResponders));
+        assert_eq!(started.elapsed(), Duration::ZERO, "no responders is reported at once");
+
+        let _silent = bus.subscribe("silent.*").await.unwrap();
+        assert_eq!(bus.request("silent.one", payload("x"), Duration::from_secs(5)).await, Err(BusError::Timeout));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(bus.subscription_count(), 1, "the reply inbox is unsubscribed");
+        assert!(matches!(
+            bus.request("a.*", payload("x"), Duration::from_secs(1)).await,
+            Err(BusError::InvalidSubject { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn always_connected() {
+        let bus = InProcessBus::new();
+        let watch = bus.connected_watch();
+        assert!(*watch.borrow());
+        assert_eq!(bus.flush().await, Ok(()));
+        drop(bus);
+        assert!(*watch.borrow());
     }
 
     #[tokio::test]

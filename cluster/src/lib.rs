@@ -12,7 +12,9 @@
 //! - [`subject`]: subject validation and `*` / `>` wildcard matching (NATS rules).
 //! - [`subjects`]: every subject name the cluster uses; nothing else formats one.
 //! - [`in_process`]: [`InProcessBus`], the single-node and test implementation.
-//! - [`nats`]: [`NatsBus`], the cluster implementation over NATS core.
+//! - [`nats`]: [`NatsBus`], the cluster implementation over NATS core: one connection
+//!   per process that reconnects by itself, fails fast while disconnected, and reports
+//!   its state through [`Bus::connected_watch`].
 //! - [`membership`]: heartbeats, up / down / gone, leave, rendezvous ownership.
 //! - [`roster`]: which users are online on which node (presence replication).
 
@@ -29,5 +31,5 @@ pub mod subjects;
 
 pub use bus::{Bus, BusError, BusMessage, Subscription};
 pub use in_process::{InProcessBus, InProcessOptions};
-pub use nats::{NatsBus, NatsOptions};
+pub use nats::{NatsBus, NatsConnectError, NatsOptions};
 pub use subject::SubjectError;

