@@ -193,6 +193,10 @@ impl Cluster {
             }
             by_node
         };
+        if by_node.is_empty() {
+            return;
+        }
+        let Some(frame) = raw(frame) else { return };
         for (node, users) in by_node {
             let what = match kind {
                 Kind::Msg { conv, seq } => Deliver::Msg { conv: conv.clone(), seq, users },
@@ -205,16 +209,20 @@ impl Cluster {
 
     /// Pushes a feed message to every other live node, for its own subscribers.
     pub async fn deliver_feed(&self, conv: &ConvId, seq: u64, frame: &Utf8Bytes, except: Option<u64>) {
-        for node in self.live_nodes().iter().filter(|node| **node != self.me) {
-            self.push_to(node, Deliver::Feed { conv: conv.clone(), seq }, frame, except).await;
+        let live = self.live_nodes();
+        // The live set always holds this node.
+        if live.len() < 2 {
+            return;
+        }
+        let Some(frame) = raw(frame) else { return };
+        for node in live.iter() {
+            if *node != self.me {
+                self.push_to(node, Deliver::Feed { conv: conv.clone(), seq }, frame, except).await;
+            }
         }
     }
 
-    async fn push_to(&self, node: &str, what: Deliver, frame: &Utf8Bytes, except: Option<u64>) {
-        let Ok(frame) = RawValue::from_string(frame.as_str().to_owned()) else {
-            tracing::error!("an encoded frame is not JSON");
-            return;
-        };
+    async fn push_to(&self, node: &str, what: Deliver, frame: &RawValue, except: Option<u64>) {
         let delivery = Delivery { what, except, frame };
         let outcome = match serde_json::to_vec(&delivery) {
             Ok(payload) => self.bus.publish(&subjects::node_inbox(node), Bytes::from(payload)).await,
@@ -369,6 +377,17 @@ impl Cluster {
         self.publish(subjects::cluster_leave(), &leave).await;
         if let Err(error) = self.bus.flush().await {
             tracing::debug!(%error, "leave not flushed");
+        }
+    }
+}
+
+/// An encoded frame as raw JSON, checked once for all the nodes it goes to.
+fn raw(frame: &Utf8Bytes) -> Option<&RawValue> {
+    match serde_json::from_str::<&RawValue>(frame.as_str()) {
+        Ok(raw) => Some(raw),
+        Err(error) => {
+            tracing::error!(%error, "an encoded frame is not JSON");
+            None
         }
     }
 }

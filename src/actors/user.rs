@@ -147,11 +147,7 @@ impl UserState {
         if !detached.went_offline {
             return;
         }
-        self.node.feeds.remove_user(&self.user);
-        let at = now_ms();
-        if let Err(error) = self.node.store.set_last_seen(&self.user, at).await {
-            tracing::warn!(user.id = %self.user, %error, "last_seen not stored");
-        }
+        let at = last_device_left(&self.node, &self.user).await;
         self.departures += 1;
         let departure = Departure { number: self.departures, at };
         // A departure already pending keeps its report; this one replaces it.
@@ -274,6 +270,13 @@ async fn announce(node: &Node, user: &UserId, status: PresenceStatus, last_seen:
 /// debounce (there is no actor to hold it), so the user is neither a ghost in presence
 /// nor left in the feed index.
 pub(crate) async fn went_offline_without_actor(node: &Node, user: &UserId) {
+    let at = last_device_left(node, user).await;
+    announce(node, user, PresenceStatus::Offline, at).await;
+}
+
+/// The user's last device on this node left: out of the feed index, `last_seen` stored
+/// (a bounded wait). Returns the time it left.
+async fn last_device_left(node: &Node, user: &UserId) -> u64 {
     node.feeds.remove_user(user);
     let at = now_ms();
     match tokio::time::timeout(node.config.gateway.request_timeout(), node.store.set_last_seen(user, at)).await {
@@ -281,5 +284,5 @@ pub(crate) async fn went_offline_without_actor(node: &Node, user: &UserId) {
         Ok(Err(error)) => tracing::warn!(user.id = %user, %error, "last_seen not stored"),
         Err(_) => tracing::warn!(user.id = %user, "last_seen not stored in time"),
     }
-    announce(node, user, PresenceStatus::Offline, at).await;
+    at
 }

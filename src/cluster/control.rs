@@ -14,7 +14,7 @@ use switchboard_cluster::membership::{Change, Heartbeat, Leave, PeerState, rende
 use switchboard_cluster::roster::{Applied, RosterDiff, RosterPage, RosterPageRequest, Transition};
 use switchboard_cluster::{BusMessage, Subscription, subjects};
 use switchboard_proto::close::CloseCode;
-use switchboard_proto::ids::UserId;
+use switchboard_proto::ids::{ConvId, UserId};
 use switchboard_proto::server::{Presence, PresenceStatus};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -317,74 +317,47 @@ fn on_delivery(node: &Node, message: &BusMessage) {
     metrics::counter!("switchboard_deliveries_total").increment(queued as u64);
 }
 
-/// A request from another node: answered in its own task.
+/// A request from another node: answered in its own task. Past
+/// `cluster.max_inflight_forwards` requests at once, sends and group changes are refused
+/// `overloaded` (a disconnect touches no actor and is always served).
 fn on_rpc(node: &Arc<Node>, cluster: &Arc<Cluster>, message: BusMessage) {
     let Some(rpc) = decode::<Rpc>(&message) else { return };
-    let Ok(permit) = cluster.forwards.clone().try_acquire_owned() else {
-        metrics::counter!("switchboard_cluster_forwards_refused_total").increment(1);
-        let (node, cluster) = (node.clone(), cluster.clone());
-        tokio::spawn(async move {
+    let permit = cluster.forwards.clone().try_acquire_owned().ok();
+    let (node, cluster) = (node.clone(), cluster.clone());
+    tokio::spawn(async move {
+        if permit.is_none() && !matches!(rpc, Rpc::Disconnect { .. }) {
+            metrics::counter!("switchboard_cluster_forwards_refused_total").increment(1);
             match rpc {
                 Rpc::Send { .. } => reply(&cluster, &message, &SendAnswer::Refused(SendError::Overloaded)).await,
                 Rpc::Group { .. } => reply(&cluster, &message, &GroupAnswer::Refused(SendError::Overloaded)).await,
-                Rpc::Disconnect { user } => {
-                    let closed = node.sessions.close_user(&user, CloseCode::Normal);
-                    reply(&cluster, &message, &Closed { closed }).await;
-                }
-                Rpc::Mark { .. } => {}
+                Rpc::Mark { .. } | Rpc::Disconnect { .. } => {}
             }
-        });
-        return;
-    };
-    let (node, cluster) = (node.clone(), cluster.clone());
-    tokio::spawn(async move {
+            return;
+        }
         serve_rpc(&node, &cluster, rpc, &message).await;
         drop(permit);
     });
 }
 
 async fn serve_rpc(node: &Arc<Node>, cluster: &Cluster, rpc: Rpc, message: &BusMessage) {
-    let wait = cluster.config.forward_timeout();
     match rpc {
         Rpc::Send { conv, from, dev, conn_id, cmid, body, system, admin } => {
-            let answer = if cluster.remote_owner(&conv).is_some() {
-                // Views disagree for a moment: the client retries.
-                SendAnswer::Refused(SendError::Unavailable)
-            } else {
-                let (reply_tx, reply_rx) = oneshot::channel();
-                let request = SendRequest { from, dev, conn_id, cmid, body, system, admin, reply: reply_tx };
-                match node.directory.conv(node, &conv, ConvMsg::Send(request)).await {
-                    Err(error) => SendAnswer::Refused(refusal(&error)),
-                    Ok(()) => match tokio::time::timeout(wait, reply_rx).await {
-                        Ok(Ok(Ok(accepted))) => SendAnswer::Accepted {
-                            seq: accepted.seq,
-                            mid: accepted.mid,
-                            ts: accepted.ts,
-                            dup: accepted.dup,
-                        },
-                        Ok(Ok(Err(error))) => SendAnswer::Refused(error),
-                        _ => SendAnswer::Refused(SendError::Unavailable),
-                    },
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let request = SendRequest { from, dev, conn_id, cmid, body, system, admin, reply: reply_tx };
+            let answer = match ask_sequencer(node, cluster, &conv, ConvMsg::Send(request), reply_rx).await {
+                Ok(accepted) => {
+                    SendAnswer::Accepted { seq: accepted.seq, mid: accepted.mid, ts: accepted.ts, dup: accepted.dup }
                 }
+                Err(error) => SendAnswer::Refused(error),
             };
             reply(cluster, message, &answer).await;
         }
         Rpc::Group { conv, by, dev, change } => {
-            let answer = if cluster.remote_owner(&conv).is_some() {
-                GroupAnswer::Refused(SendError::Unavailable)
-            } else {
-                let (reply_tx, reply_rx) = oneshot::channel();
-                let request = GroupRequest { by, dev, change, reply: reply_tx };
-                match node.directory.conv(node, &conv, ConvMsg::Group(request)).await {
-                    Err(error) => GroupAnswer::Refused(refusal(&error)),
-                    Ok(()) => match tokio::time::timeout(wait, reply_rx).await {
-                        Ok(Ok(Ok(info))) => {
-                            GroupAnswer::Changed { name: info.name.clone(), members: info.members.to_vec() }
-                        }
-                        Ok(Ok(Err(error))) => GroupAnswer::Refused(error),
-                        _ => GroupAnswer::Refused(SendError::Unavailable),
-                    },
-                }
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let request = GroupRequest { by, dev, change, reply: reply_tx };
+            let answer = match ask_sequencer(node, cluster, &conv, ConvMsg::Group(request), reply_rx).await {
+                Ok(info) => GroupAnswer::Changed { name: info.name.clone(), members: info.members.to_vec() },
+                Err(error) => GroupAnswer::Refused(error),
             };
             reply(cluster, message, &answer).await;
         }
@@ -399,6 +372,26 @@ async fn serve_rpc(node: &Arc<Node>, cluster: &Cluster, rpc: Rpc, message: &BusM
             let closed = node.sessions.close_user(&user, CloseCode::Normal);
             reply(cluster, message, &Closed { closed }).await;
         }
+    }
+}
+
+/// Hands a forwarded request to this node's sequencer of `conv` and waits for its answer
+/// (at most `cluster.forward_timeout_ms`). A conversation this node does not own (views
+/// disagree for a moment) is `unavailable`: the client retries.
+async fn ask_sequencer<T>(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    conv: &ConvId,
+    message: ConvMsg,
+    answer: oneshot::Receiver<Result<T, SendError>>,
+) -> Result<T, SendError> {
+    if cluster.remote_owner(conv).is_some() {
+        return Err(SendError::Unavailable);
+    }
+    node.directory.conv(node, conv, message).await.map_err(|error| refusal(&error))?;
+    match tokio::time::timeout(cluster.config.forward_timeout(), answer).await {
+        Ok(Ok(result)) => result,
+        _ => Err(SendError::Unavailable),
     }
 }
 

@@ -11,15 +11,16 @@ use crate::actors::conversation::{GroupChange, SendError};
 use crate::store::MarkKind;
 
 /// Pushed to a node's inbox ([`switchboard_cluster::subjects::node_inbox`]): frames for
-/// devices connected there.
+/// devices connected there. Sent with a borrowed frame (`Delivery<&RawValue>`, the one
+/// checked copy shared by every destination node), received owned.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Delivery {
+pub struct Delivery<F = Box<RawValue>> {
     pub what: Deliver,
     /// The sending connection, which got an ack instead (connection ids are unique in
     /// the cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<u64>,
-    pub frame: Box<RawValue>,
+    pub frame: F,
 }
 
 /// Who gets a [`Delivery`].
