@@ -14,6 +14,9 @@
 //!   [`source_addr`], small buffers, [`auth`]), then the [`frames`] of the scenario.
 //! - [`shared`] and [`stats`]: what a worker's sessions share and measure, and how
 //!   workers' results add up (HDR histograms travel in V2 format).
+//! - [`publisher`]: the fanout's one sender, in the coordinator: a group owner's
+//!   connection, or the [`admin_api`] publishing to a feed; [`fanout`] adds up what
+//!   every worker saw of each message.
 //!
 //! # Why several processes
 //!
@@ -26,16 +29,19 @@
 //! TLS (`wss://`), reconnecting dropped connections, and coordinated-omission
 //! correction (a sender that falls behind skips slots and counts them as `send_lag`).
 
+mod admin_api;
 mod auth;
 mod cli;
 mod connect;
 mod control;
 mod coordinator;
+mod fanout;
 mod frames;
 #[cfg(test)]
 mod mock_server;
 mod plan;
 mod procfs;
+mod publisher;
 mod report;
 mod session;
 mod shared;

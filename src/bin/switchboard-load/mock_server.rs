@@ -1,6 +1,7 @@
 //! A tiny stand-in for the switchboard server, for tests only: enough of wire contract
-//! v1 (hello, synced, send -> ack + msg to the other dm member, receipts counted) to
-//! exercise the load generator end to end without the real server.
+//! v1 (hello, synced, send -> ack + msg to the other dm member, subscribe -> subscribed,
+//! receipts counted) to exercise the load generator end to end without the real server.
+//! Tests publish to a feed's subscribers with [`MockServer::publish`].
 //!
 //! It can drop a seq now and then (`skip_every`) so tests can check gap detection, and
 //! it checks tokens with the shared secret when one is configured.
@@ -43,6 +44,7 @@ pub(crate) struct MockCounts {
 pub(crate) struct MockServer {
     pub(crate) addr: SocketAddr,
     pub(crate) counts: Arc<MockCounts>,
+    state: Arc<Mutex<State>>,
 }
 
 impl MockServer {
@@ -50,12 +52,29 @@ impl MockServer {
     pub(crate) fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
+
+    /// Sequences `body` (JSON text) in the feed `conv` and sends it to its subscribers.
+    pub(crate) fn publish(&self, conv: &str, body: &str) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let seq = state.seqs.entry(conv.to_owned()).or_insert(0);
+        *seq += 1;
+        let frame = format!(
+            r#"{{"type":"msg","conv":"{conv}","seq":{seq},"mid":"m","from":"admin","dev":"admin","ts":0,"body":{body}}}"#
+        );
+        for user in state.subscribers.get(conv).into_iter().flatten() {
+            if let Some(online) = state.online.get(user) {
+                let _ = online.send(frame.clone());
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     online: HashMap<String, mpsc::UnboundedSender<String>>,
     seqs: HashMap<String, u64>,
+    /// Users following each feed.
+    subscribers: HashMap<String, Vec<String>>,
 }
 
 /// Starts a mock server on `127.0.0.1:port` (0 for any free port).
@@ -66,12 +85,13 @@ pub(crate) async fn spawn(options: MockOptions, port: u16) -> std::io::Result<Mo
     let state = Arc::new(Mutex::new(State::default()));
     let options = Arc::new(options);
     let task_counts = Arc::clone(&counts);
+    let task_state = Arc::clone(&state);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, Arc::clone(&options), Arc::clone(&state), Arc::clone(&task_counts)));
+            tokio::spawn(serve(stream, Arc::clone(&options), Arc::clone(&task_state), Arc::clone(&task_counts)));
         }
     });
-    Ok(MockServer { addr, counts })
+    Ok(MockServer { addr, counts, state })
 }
 
 fn identify(request: &Request, options: &MockOptions) -> Option<String> {
@@ -149,6 +169,13 @@ async fn serve(stream: TcpStream, options: Arc<MockOptions>, state: Arc<Mutex<St
                                      "ts":0,"body":frame["body"]});
                     let _ = recipient.send(msg.to_string());
                 }
+            }
+            Some("subscribe") => {
+                let conv = frame["conv"].as_str().unwrap_or_default().to_owned();
+                let Ok(mut state) = state.lock() else { break };
+                state.subscribers.entry(conv.clone()).or_default().push(user.clone());
+                let head = state.seqs.get(&conv).copied().unwrap_or(0);
+                let _ = out_tx.send(json!({"type":"subscribed","ref":frame["ref"],"conv":conv,"seq":head}).to_string());
             }
             Some("receipt") => {
                 counts.receipts.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,11 @@
 //! idle scenario slices connections; the chat scenario slices *pairs*, so both members
 //! of a pair live in the same worker: pair `p` is sender `2p` and receiver `2p + 1`,
 //! talking in `dm:<a>:<b>` (the two user ids in byte order).
+//!
+//! The fanout scenario slices connections too; every connection is a member. A group's
+//! members are users `{prefix}0..{prefix}{M-1}` plus the owner `{prefix}owner`, who
+//! creates it with the first chunk of members and adds the rest chunk by chunk (a
+//! frame's member list is bounded by the server's `max_list_len` and frame size).
 
 use std::ops::Range;
 
@@ -69,6 +74,9 @@ pub(crate) enum Role {
     Sender { conv: String },
     /// Receives from its partner and acknowledges with receipts.
     Receiver,
+    /// Receives what the fanout's one sender sends to the group or feed, and
+    /// acknowledges with receipts.
+    Member,
 }
 
 /// User id of global connection `index`.
@@ -89,7 +97,30 @@ pub(crate) fn role(scenario: ScenarioKind, prefix: &str, index: u64) -> Role {
             Role::Sender { conv: dm_conv(&user_id(prefix, index), &user_id(prefix, index + 1)) }
         }
         ScenarioKind::Chat => Role::Receiver,
+        ScenarioKind::Fanout => Role::Member,
     }
+}
+
+/// User id of the fanout group's owner, the one sender.
+pub(crate) fn owner_id(prefix: &str) -> String {
+    format!("{prefix}owner")
+}
+
+/// The members (global user numbers) of each membership frame that builds a group of
+/// `members` users: the first goes with `group_create`, the others with `group_add`.
+pub(crate) fn member_chunks(members: u64, per_frame: u64) -> Vec<Range<u64>> {
+    let per_frame = per_frame.max(1);
+    (0..members.div_ceil(per_frame)).map(|k| k * per_frame..((k + 1) * per_frame).min(members)).collect()
+}
+
+/// How many user ids fit in one membership frame: at most `max_list_len`, and few enough
+/// that the frame (ids of at most `max_id_bytes`, quoted, comma-separated) stays within
+/// `max_frame_bytes`, with room for the rest of the frame.
+pub(crate) fn members_per_frame(max_list_len: usize, max_frame_bytes: usize, max_id_bytes: usize) -> u64 {
+    /// Bytes of a `group_add` frame besides its member list (type, ref, conv).
+    const FRAME_OVERHEAD: usize = 256;
+    let by_size = max_frame_bytes.saturating_sub(FRAME_OVERHEAD) / (max_id_bytes + 3);
+    u64::try_from(max_list_len.min(by_size).max(1)).unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -147,6 +178,31 @@ mod tests {
         assert_eq!(dm_conv("load-u10", "load-u11"), "dm:load-u10:load-u11");
         assert_eq!(dm_conv("load-u9", "load-u10"), "dm:load-u10:load-u9");
         assert_eq!(dm_conv("bob", "alice"), "dm:alice:bob");
+    }
+
+    #[test]
+    fn fanout_slices_connections_and_every_one_is_a_member() {
+        let cli = Cli::try_parse_from(["switchboard-load", "fanout", "--dev", "-n", "19000", "--processes", "2"])
+            .expect("parses");
+        let plans: Vec<_> = (0..2).map(|i| WorkerPlan::new(&cli.scenario, i)).collect();
+        assert_eq!(plans[0].connections, 0..9_500);
+        assert_eq!(plans[1].connections, 9_500..19_000);
+        assert_eq!(role(ScenarioKind::Fanout, "u", 7), Role::Member);
+        assert_eq!(owner_id("load-u"), "load-uowner");
+    }
+
+    #[test]
+    fn group_membership_goes_in_chunks() {
+        assert_eq!(member_chunks(1000, 1000), vec![Range { start: 0, end: 1000 }]);
+        assert_eq!(member_chunks(2500, 1000), [0..1000, 1000..2000, 2000..2500]);
+        assert_eq!(member_chunks(1, 1000), vec![Range { start: 0, end: 1 }]);
+        assert!(member_chunks(0, 1000).is_empty());
+        assert_eq!(member_chunks(3, 0), [0..1, 1..2, 2..3]);
+        // The server's defaults: 1,000 ids per list, 64 KiB frames; short ids fit 1,000.
+        assert_eq!(members_per_frame(1000, 64 * 1024, 12), 1000);
+        // Long ids in a small frame: the frame size binds.
+        assert_eq!(members_per_frame(1000, 16 * 1024, 64), 240);
+        assert_eq!(members_per_frame(1000, 100, 64), 1);
     }
 
     #[test]

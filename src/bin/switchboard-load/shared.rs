@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::cli::ScenarioKind;
 use crate::connect::Target;
+use crate::fanout::{DeliveryLog, MessageDeliveries};
 use crate::stats::{Counters, ErrorCounts, Histograms, Metric, StatsError};
 
 /// Phase of the run, broadcast to every session through a `watch` channel.
@@ -70,6 +71,8 @@ pub(crate) struct Meters {
     counters: RefCell<Counters>,
     errors: RefCell<ErrorCounts>,
     histograms: RefCell<Histograms>,
+    /// Fanout: deliveries by message number.
+    deliveries: RefCell<DeliveryLog>,
     /// Session tasks still running (not reported; used to wait for them at the end).
     live_sessions: Cell<u64>,
 }
@@ -80,6 +83,7 @@ impl Meters {
             counters: RefCell::new(Counters::default()),
             errors: RefCell::new(ErrorCounts::default()),
             histograms: RefCell::new(Histograms::new()?),
+            deliveries: RefCell::new(DeliveryLog::default()),
             live_sessions: Cell::new(0),
         })
     }
@@ -97,6 +101,17 @@ impl Meters {
     /// Records one latency in microseconds.
     pub(crate) fn record(&self, metric: Metric, micros: u64) {
         self.histograms.borrow_mut().record(metric, micros);
+    }
+
+    /// Counts one delivery of fanout message `n`, sent at `sent_us`, here at `arrived_us`
+    /// (µs since the Unix epoch).
+    pub(crate) fn record_delivery(&self, n: u64, sent_us: u64, arrived_us: u64) {
+        self.deliveries.borrow_mut().record(n, sent_us, arrived_us);
+    }
+
+    /// Fanout: what this worker received of each message.
+    pub(crate) fn message_deliveries(&self) -> Vec<MessageDeliveries> {
+        self.deliveries.borrow().delivered()
     }
 
     /// A copy of the counters.
@@ -155,8 +170,15 @@ pub(crate) struct ChatSettings {
     pub(crate) padding: String,
     /// Most unacknowledged sends per sender.
     pub(crate) max_inflight: u32,
-    /// How long receipts are batched.
-    pub(crate) receipt_interval: Duration,
+}
+
+/// Settings of the fanout scenario a session needs.
+#[derive(Debug, Clone)]
+pub(crate) struct FanoutSettings {
+    /// The group or feed every connection receives from.
+    pub(crate) conv: String,
+    /// Subscribe to `conv` once synced (a feed); a group member is in it already.
+    pub(crate) subscribe: bool,
 }
 
 /// Everything a session reads; one per worker, shared by reference count.
@@ -173,6 +195,9 @@ pub(crate) struct SessionEnv {
     pub(crate) connect_timeout: Duration,
     pub(crate) sync_timeout: Duration,
     pub(crate) chat: Option<ChatSettings>,
+    pub(crate) fanout: Option<FanoutSettings>,
+    /// How long a receiver batches its `delivered` receipts.
+    pub(crate) receipt_interval: Duration,
     pub(crate) clock: Clock,
     pub(crate) meters: std::rc::Rc<Meters>,
     pub(crate) phase_rx: watch::Receiver<Phase>,

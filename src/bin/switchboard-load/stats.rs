@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::fanout::{MessageDeliveries, MessageTotals};
+
 /// Largest latency a histogram holds exactly: 10 minutes in microseconds. Larger values
 /// are clamped to it.
 const HIST_MAX_MICROS: u64 = 600_000_000;
@@ -47,6 +49,9 @@ counters! {
     hellos,
     /// Connections that received `synced`.
     synced,
+    /// Fanout: connections ready to receive (synced group members, or subscribed to the
+    /// feed).
+    joined,
     /// Connections that failed before being synced (connect error, rejected upgrade,
     /// closed early).
     failed,
@@ -118,11 +123,15 @@ pub(crate) enum Metric {
     Ack,
     /// Send timestamp in the body to `msg` received at the other member.
     Deliver,
+    /// Fanout, per message: send timestamp to its last delivery over all receivers
+    /// (recorded by the coordinator from the workers' per-message reports).
+    LastDelivery,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub(crate) const ALL: [Metric; 5] = [Metric::Connect, Metric::Hello, Metric::Synced, Metric::Ack, Metric::Deliver];
+    pub(crate) const ALL: [Metric; 6] =
+        [Metric::Connect, Metric::Hello, Metric::Synced, Metric::Ack, Metric::Deliver, Metric::LastDelivery];
 
     /// Name used in the JSON result.
     pub(crate) fn name(self) -> &'static str {
@@ -132,6 +141,7 @@ impl Metric {
             Metric::Synced => "synced",
             Metric::Ack => "ack",
             Metric::Deliver => "deliver",
+            Metric::LastDelivery => "last_delivery",
         }
     }
 
@@ -143,6 +153,7 @@ impl Metric {
             Metric::Synced => "connect -> synced",
             Metric::Ack => "send -> ack",
             Metric::Deliver => "send -> deliver",
+            Metric::LastDelivery => "send -> last member",
         }
     }
 
@@ -153,6 +164,7 @@ impl Metric {
             Metric::Synced => 2,
             Metric::Ack => 3,
             Metric::Deliver => 4,
+            Metric::LastDelivery => 5,
         }
     }
 }
@@ -175,7 +187,7 @@ pub(crate) enum StatsError {
 /// One latency histogram per [`Metric`], in microseconds.
 #[derive(Debug, Clone)]
 pub(crate) struct Histograms {
-    hists: [Histogram<u64>; 5],
+    hists: [Histogram<u64>; Metric::ALL.len()],
 }
 
 impl Histograms {
@@ -187,7 +199,7 @@ impl Histograms {
             hist.auto(true);
             Ok(hist)
         };
-        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?] })
+        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?] })
     }
 
     /// Records one latency, clamped to the histogram's range.
@@ -323,6 +335,9 @@ pub(crate) struct WorkerReport {
     pub(crate) rss_start_kib: Option<u64>,
     /// Whether the worker stopped because the run's deadline passed.
     pub(crate) deadline_hit: bool,
+    /// Fanout: what the worker's connections received of each message.
+    #[serde(default)]
+    pub(crate) messages: Vec<MessageDeliveries>,
 }
 
 /// Everything the workers reported, added up.
@@ -340,6 +355,8 @@ pub(crate) struct Totals {
     pub(crate) rss_kib: u64,
     pub(crate) rss_start_kib: u64,
     pub(crate) deadline_hit: bool,
+    /// Fanout: deliveries by message.
+    pub(crate) messages: MessageTotals,
 }
 
 impl Totals {
@@ -356,15 +373,15 @@ impl Totals {
             rss_kib: 0,
             rss_start_kib: 0,
             deadline_hit: false,
+            messages: MessageTotals::default(),
         })
     }
 
     /// Adds one worker's report.
     pub(crate) fn absorb(&mut self, report: &WorkerReport) -> Result<(), StatsError> {
-        self.histograms.add_encoded(&report.histograms)?;
+        self.add_measurements(&report.counters, &report.errors, &report.histograms)?;
         self.workers_reported += 1;
-        self.counters.add(&report.counters);
-        self.errors.add(&report.errors);
+        self.messages.absorb(&report.messages);
         self.ramp_secs = self.ramp_secs.max(report.ramp_secs);
         self.steady.secs = self.steady.secs.max(report.steady.secs);
         self.steady.sent += report.steady.sent;
@@ -374,6 +391,20 @@ impl Totals {
         self.rss_kib += report.rss_kib.unwrap_or(0);
         self.rss_start_kib += report.rss_start_kib.unwrap_or(0);
         self.deadline_hit |= report.deadline_hit;
+        Ok(())
+    }
+
+    /// Adds counts, errors and histograms measured outside the workers (the fanout's
+    /// sender, in the coordinator).
+    pub(crate) fn add_measurements(
+        &mut self,
+        counters: &Counters,
+        errors: &ErrorCounts,
+        histograms: &BTreeMap<String, String>,
+    ) -> Result<(), StatsError> {
+        self.histograms.add_encoded(histograms)?;
+        self.counters.add(counters);
+        self.errors.add(errors);
         Ok(())
     }
 }
@@ -433,6 +464,7 @@ mod tests {
             rss_kib: Some(1000),
             rss_start_kib: Some(400),
             deadline_hit: false,
+            messages: vec![MessageDeliveries { n: 1, sent_us: 10, count: 3, last_us: 20 + index }],
         }
     }
 
@@ -502,6 +534,7 @@ mod tests {
         assert_eq!(totals.steady.delivered, 196);
         assert_eq!(totals.rss_kib, 2000);
         assert_eq!(totals.rss_start_kib, 800);
+        assert_eq!(totals.messages.get(1), Some(&MessageDeliveries { n: 1, sent_us: 10, count: 6, last_us: 21 }));
         let deliver = LatencySummary::of(totals.histograms.get(Metric::Deliver));
         assert_eq!(deliver.count, 100);
         assert!((999..=1_001).contains(&deliver.p50), "{deliver:?}");

@@ -7,9 +7,10 @@
 //! 1. Ramp: connect at the planned rate, at most `--max-connecting` in progress. When
 //!    every connection has settled (synced, failed, or past the sync timeout) it says
 //!    `ready`.
-//! 2. Steady, on `go`: hold (idle) or send (chat).
+//! 2. Steady, on `go`: hold (idle), send (chat), or receive what the coordinator's
+//!    fanout sender sends.
 //! 3. Drain, on `stop` (chat only): senders stop; wait for outstanding acks and
-//!    deliveries, at most `--drain`.
+//!    deliveries, at most `--drain`. (A fanout's coordinator drains before `stop`.)
 //! 4. Stop: every session sends its last receipts and closes (bounded), then the
 //!    worker writes its `result` and exits.
 //!
@@ -27,14 +28,14 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until};
 
 use crate::auth::Auth;
-use crate::cli::ScenarioCommand;
+use crate::cli::{FanoutKind, ScenarioCommand};
 use crate::connect::Target;
 use crate::control::{Command, WorkerEvent};
 use crate::frames;
 use crate::plan::WorkerPlan;
 use crate::procfs::Proc;
 use crate::session;
-use crate::shared::{ChatSettings, Clock, Meters, Phase, SessionEnv, stopped};
+use crate::shared::{ChatSettings, Clock, FanoutSettings, Meters, Phase, SessionEnv, stopped};
 use crate::source_addr::SourceCursor;
 use crate::stats::{SteadyWindow, WorkerReport};
 
@@ -44,6 +45,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 
 /// Longest wait for sessions to close at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an idle connection batches receipts for what it is sent anyway.
+const IDLE_RECEIPT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Exit code when the coordinator went away (stdin closed).
 const EXIT_ORPHANED: u8 = 3;
@@ -81,23 +85,25 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
     for url in common.url.split(',') {
         targets.push(Target::resolve(url.trim()).await?);
     }
-    let auth = match (&common.secret, common.dev) {
-        (_, true) => Auth::dev(),
-        (Some(secret), false) => {
-            // Tokens outlive the run: its deadline plus an hour.
-            let ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(3600);
-            Auth::hs256(secret, common.token_in_query, ttl)
-        }
-        (None, false) => bail!("no auth configured"),
-    };
+    // Tokens outlive the run: its deadline plus an hour.
+    let token_ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(3600);
+    let Some(auth) = Auth::from_args(common, token_ttl) else { bail!("no auth configured") };
     let clock = Clock::new();
     let chat = scenario.chat().map(|chat| ChatSettings {
         send_period: chat.send_period(),
         batch: chat.batch,
-        padding: frames::body_padding(chat.body_bytes, clock.unix_micros()),
+        padding: frames::body_padding(chat.traffic.body_bytes, clock.unix_micros(), None),
         max_inflight: chat.max_inflight,
-        receipt_interval: chat.receipt_interval,
     });
+    let fanout = match scenario.fanout() {
+        Some(fanout) => Some(FanoutSettings {
+            conv: fanout.conv.clone().context("a fanout worker needs the --conv its coordinator set up")?,
+            subscribe: fanout.kind == FanoutKind::Feed,
+        }),
+        None => None,
+    };
+    // Chat workers drain themselves; a fanout is drained by its coordinator, which knows
+    // what was sent.
     let drain_limit = scenario.chat().map_or(Duration::ZERO, |chat| chat.drain);
 
     let meters = Rc::new(Meters::new()?);
@@ -112,6 +118,8 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         connect_timeout: common.connect_timeout,
         sync_timeout: common.sync_timeout,
         chat,
+        fanout,
+        receipt_interval: scenario.traffic().map_or(IDLE_RECEIPT_INTERVAL, |traffic| traffic.receipt_interval),
         clock,
         meters: Rc::clone(&meters),
         phase_rx,
@@ -239,6 +247,7 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         rss_kib,
         rss_start_kib,
         deadline_hit,
+        messages: meters.message_deliveries(),
     };
     emit(&WorkerEvent::Result(Box::new(report))).context("cannot write the result")?;
     Ok(ExitCode::SUCCESS)
