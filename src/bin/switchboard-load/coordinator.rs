@@ -211,6 +211,8 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
                     if stage == Stage::Steady {
                         samples.sample_end(server);
                     }
+                    // A fanout sends no more (what it sent is in its log).
+                    sender = None;
                     stage = Stage::Collect;
                     stage_timer.as_mut().reset(collect_until(scenario, deadline));
                     broadcast(&mut workers, Command::Stop).await;
