@@ -1,5 +1,6 @@
 //! A minimal client of the server's admin HTTP API (DESIGN §5): the feed fanout
-//! publishes through `POST /api/v1/publish`.
+//! publishes through `POST /api/v1/publish`; the storm reads `GET /metrics` ([`get`]),
+//! which needs no token.
 //!
 //! One request per TCP connection (HTTP/1.1, `Connection: close`): a broadcast every so
 //! often does not need keep-alive, and a connection that lives for one request is never
@@ -89,29 +90,45 @@ impl AdminApi {
 
     /// One request; the body of a 2xx answer, or an error.
     async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>, AdminError> {
-        let exchange = async {
-            let mut stream = TcpStream::connect(self.addr).await?;
-            stream.set_nodelay(true)?;
-            let body = body.unwrap_or("");
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
-                host = self.addr,
-                token = self.token,
-                length = body.len(),
-            );
-            stream.write_all(format!("{head}{body}").as_bytes()).await?;
-            let mut answer = Vec::new();
-            (&mut stream).take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await?;
-            Ok::<_, AdminError>(answer)
-        };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| AdminError::Timeout)??;
-        let (status, body) = parse_answer(&answer)?;
-        if !(200..300).contains(&status) {
-            return Err(AdminError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
-        }
-        Ok(body)
+        request(self.addr, method, path, Some(&self.token), body).await
     }
+}
+
+/// `GET path` on the server at `addr` without a token (`/metrics`); the body of a 2xx
+/// answer.
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Result<Vec<u8>, AdminError> {
+    request(addr, "GET", path, None, None).await
+}
+
+/// One request on its own connection; the body of a 2xx answer, or an error.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<Vec<u8>, AdminError> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let body = body.unwrap_or("");
+        let authorization = token.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
+             Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n",
+            length = body.len(),
+        );
+        stream.write_all(format!("{head}{body}").as_bytes()).await?;
+        let mut answer = Vec::new();
+        (&mut stream).take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await?;
+        Ok::<_, AdminError>(answer)
+    };
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| AdminError::Timeout)??;
+    let (status, body) = parse_answer(&answer)?;
+    if !(200..300).contains(&status) {
+        return Err(AdminError::Status { status, body: String::from_utf8_lossy(&body).into_owned() });
+    }
+    Ok(body)
 }
 
 /// Splits an HTTP/1.1 answer into its status and its body (de-chunked if need be).

@@ -24,6 +24,13 @@ const AUTO_SOCKETS_PER_PROCESS: u64 = 18_000;
 /// them all in its result line.
 pub(crate) const MAX_FANOUT_MESSAGES: u64 = 100_000;
 
+/// Most messages a storm client may be owed in one conversation: one sender sends them
+/// all, within its connection's default send burst.
+pub(crate) const MAX_STORM_OWED_PER_CONV: u64 = crate::plan::SENDS_PER_STORM_SENDER;
+
+/// Most conversations a storm client may be owed messages in.
+pub(crate) const MAX_STORM_CONVS: u64 = 100;
+
 /// Drive many WebSocket connections against a switchboard server and measure it.
 #[derive(Debug, Parser)]
 #[command(name = "switchboard-load", version, about, long_about = None)]
@@ -45,6 +52,11 @@ pub(crate) enum ScenarioCommand {
     /// admin API publishes to a feed N connections subscribe to. Time to the last
     /// delivery of each message, deliveries/s, missing and out-of-order deliveries.
     Fanout(FanoutArgs),
+    /// N clients connect and sync, go away, are sent messages while away, then all
+    /// reconnect at once (or at --reconnect-rate), retrying with jittered backoff: time
+    /// until every client has resumed, resume latency, failed and retried attempts, gaps
+    /// and duplicates in the replays, and the store reads per resume (from /metrics).
+    Storm(StormArgs),
 }
 
 impl ScenarioCommand {
@@ -54,6 +66,7 @@ impl ScenarioCommand {
             ScenarioCommand::Idle(args) => &args.common,
             ScenarioCommand::Chat(args) => &args.common,
             ScenarioCommand::Fanout(args) => &args.common,
+            ScenarioCommand::Storm(args) => &args.common,
         }
     }
 
@@ -63,6 +76,7 @@ impl ScenarioCommand {
             ScenarioCommand::Idle(_) => ScenarioKind::Idle,
             ScenarioCommand::Chat(_) => ScenarioKind::Chat,
             ScenarioCommand::Fanout(_) => ScenarioKind::Fanout,
+            ScenarioCommand::Storm(_) => ScenarioKind::Storm,
         }
     }
 
@@ -70,7 +84,7 @@ impl ScenarioCommand {
     pub(crate) fn chat(&self) -> Option<&ChatArgs> {
         match self {
             ScenarioCommand::Chat(args) => Some(args),
-            ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) => None,
+            ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) | ScenarioCommand::Storm(_) => None,
         }
     }
 
@@ -78,7 +92,15 @@ impl ScenarioCommand {
     pub(crate) fn fanout(&self) -> Option<&FanoutArgs> {
         match self {
             ScenarioCommand::Fanout(args) => Some(args),
-            ScenarioCommand::Idle(_) | ScenarioCommand::Chat(_) => None,
+            ScenarioCommand::Idle(_) | ScenarioCommand::Chat(_) | ScenarioCommand::Storm(_) => None,
+        }
+    }
+
+    /// The storm flags, if this is the storm scenario.
+    pub(crate) fn storm(&self) -> Option<&StormArgs> {
+        match self {
+            ScenarioCommand::Storm(args) => Some(args),
+            ScenarioCommand::Idle(_) | ScenarioCommand::Chat(_) | ScenarioCommand::Fanout(_) => None,
         }
     }
 
@@ -88,13 +110,14 @@ impl ScenarioCommand {
             ScenarioCommand::Idle(_) => None,
             ScenarioCommand::Chat(args) => Some(&args.traffic),
             ScenarioCommand::Fanout(args) => Some(&args.traffic),
+            ScenarioCommand::Storm(args) => Some(&args.traffic),
         }
     }
 
     /// How long the run waits, after its last send, for what is still on its way.
     pub(crate) fn drain(&self) -> Duration {
         match self {
-            ScenarioCommand::Idle(_) => Duration::ZERO,
+            ScenarioCommand::Idle(_) | ScenarioCommand::Storm(_) => Duration::ZERO,
             ScenarioCommand::Chat(args) => args.drain,
             ScenarioCommand::Fanout(args) => args.drain,
         }
@@ -108,6 +131,7 @@ pub(crate) enum ScenarioKind {
     Idle,
     Chat,
     Fanout,
+    Storm,
 }
 
 impl ScenarioKind {
@@ -116,6 +140,7 @@ impl ScenarioKind {
             ScenarioKind::Idle => "idle",
             ScenarioKind::Chat => "chat",
             ScenarioKind::Fanout => "fanout",
+            ScenarioKind::Storm => "storm",
         }
     }
 }
@@ -319,6 +344,67 @@ impl FanoutArgs {
     }
 }
 
+/// Flags of the `storm` scenario (see `storm.rs` for the whole run).
+///
+/// Client `i` has `--convs` conversations, each a dm with a sender user
+/// (`<prefix>s<k>-<server>-<chunk>`) who sends it its share of `--owed` messages while
+/// it is away. The initial connects go at `--rate`; the storm phase lasts until every
+/// client has resumed or given up (`--storm-timeout`; `--duration` does not apply).
+#[derive(Debug, Args)]
+pub(crate) struct StormArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+
+    /// Messages each client is sent while it is away (and so owed when it comes back).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) owed: u64,
+
+    /// Conversations each client's owed messages are spread over (the first
+    /// `--owed % --convs` get one more).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) convs: u64,
+
+    /// Reconnects per second over all processes (default: every client at once).
+    #[arg(long)]
+    pub(crate) reconnect_rate: Option<f64>,
+
+    /// First delay before retrying a failed reconnect; it doubles per attempt up to
+    /// --retry-max, jittered by ±50 %, and is never shorter than a 503's Retry-After.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub(crate) retry_base: Duration,
+
+    /// Longest delay between two reconnect attempts.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub(crate) retry_max: Duration,
+
+    /// How long after the storm starts clients keep trying; a client not resumed by then
+    /// has failed.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub(crate) storm_timeout: Duration,
+
+    /// Send `delivered` receipts for the replay --receipt-interval after `synced`, as a
+    /// real client does (default: when the run stops, so the store reads counted during
+    /// the storm are the resumes' alone).
+    #[arg(long)]
+    pub(crate) storm_receipts: bool,
+
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
+}
+
+impl StormArgs {
+    /// Messages owed in each conversation, by conversation number.
+    pub(crate) fn owed_per_conv(&self) -> Vec<u64> {
+        crate::plan::owed_per_conv(self.owed, self.convs)
+    }
+
+    /// How long the storm phase may last: the storm timeout, plus an attempt begun just
+    /// before it.
+    pub(crate) fn storm_bound(&self) -> Duration {
+        self.storm_timeout + self.common.connect_timeout + self.common.sync_timeout
+    }
+}
+
 /// Flags every scenario shares.
 #[derive(Debug, Args)]
 pub(crate) struct CommonArgs {
@@ -466,7 +552,7 @@ pub(crate) fn validate(scenario: &ScenarioCommand) -> Result<(), String> {
     let processes = common.process_count();
     // Chat keeps both members of a pair in one process, so it slices pairs.
     let (units, sockets_per_unit) = match scenario {
-        ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) => (common.connections, 1),
+        ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) | ScenarioCommand::Storm(_) => (common.connections, 1),
         ScenarioCommand::Chat(chat) => (chat.pairs(), 2),
     };
     let largest_slice = units.div_ceil(processes) * sockets_per_unit;
@@ -505,6 +591,9 @@ pub(crate) fn validate(scenario: &ScenarioCommand) -> Result<(), String> {
     if let ScenarioCommand::Fanout(fanout) = scenario {
         validate_fanout(fanout, &mut problems);
     }
+    if let ScenarioCommand::Storm(storm) = scenario {
+        validate_storm(storm, &mut problems);
+    }
 
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
@@ -538,6 +627,33 @@ fn validate_fanout(fanout: &FanoutArgs, problems: &mut Vec<String>) {
     }
     if fanout.max_inflight == 0 {
         problems.push("--max-inflight must be at least 1".to_owned());
+    }
+}
+
+fn validate_storm(storm: &StormArgs, problems: &mut Vec<String>) {
+    if !(1..=MAX_STORM_CONVS).contains(&storm.convs) {
+        problems.push(format!("--convs must be between 1 and {MAX_STORM_CONVS}, got {}", storm.convs));
+    }
+    if storm.owed < storm.convs {
+        problems.push(format!(
+            "--owed {} is fewer than --convs {}: every conversation needs a message",
+            storm.owed, storm.convs
+        ));
+    } else if storm.owed.div_ceil(storm.convs.max(1)) > MAX_STORM_OWED_PER_CONV {
+        problems.push(format!(
+            "more than {MAX_STORM_OWED_PER_CONV} messages owed in one conversation: lower --owed or raise --convs"
+        ));
+    }
+    if let Some(rate) = storm.reconnect_rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        problems.push(format!("--reconnect-rate must be positive (got {rate})"));
+    }
+    if storm.retry_base.is_zero() || storm.retry_max < storm.retry_base {
+        problems.push("--retry-base must be above zero and at most --retry-max".to_owned());
+    }
+    if storm.storm_timeout.is_zero() {
+        problems.push("--storm-timeout must be above zero".to_owned());
     }
 }
 
@@ -663,6 +779,26 @@ mod tests {
         let problems = validate(&cli.scenario).expect_err("invalid");
         assert!(problems.contains("--members is for --kind group"), "{problems}");
         assert!(problems.contains("SWITCHBOARD_ADMIN_TOKEN"), "{problems}");
+    }
+
+    #[test]
+    fn storm_spreads_what_is_owed_and_checks_its_bounds() {
+        let cli = parse(&["storm", "--dev", "-n", "100", "--owed", "11", "--convs", "3"]).expect("parses");
+        let storm = cli.scenario.storm().expect("storm");
+        assert_eq!(storm.owed_per_conv(), [4, 4, 3]);
+        assert_eq!(storm.storm_bound(), Duration::from_secs(140));
+        assert_eq!(cli.scenario.drain(), Duration::ZERO);
+        assert_eq!(validate(&cli.scenario), Ok(()));
+
+        let cli =
+            parse(&["storm", "--dev", "--owed", "1", "--convs", "2", "--reconnect-rate", "0", "--retry-base", "0"])
+                .expect("parses");
+        let problems = validate(&cli.scenario).expect_err("invalid");
+        assert!(problems.contains("--owed 1 is fewer than --convs 2"), "{problems}");
+        assert!(problems.contains("--reconnect-rate must be positive"), "{problems}");
+        assert!(problems.contains("--retry-base"), "{problems}");
+        let cli = parse(&["storm", "--dev", "--owed", "2000", "--convs", "1"]).expect("parses");
+        assert!(validate(&cli.scenario).expect_err("invalid").contains("more than 500 messages owed"));
     }
 
     #[test]

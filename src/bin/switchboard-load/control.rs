@@ -99,6 +99,7 @@ mod tests {
             rss_start_kib: None,
             deadline_hit: false,
             messages: Vec::new(),
+            storm: None,
         };
         let line = WorkerEvent::Result(Box::new(report)).to_line().expect("serialize");
         assert!(matches!(

@@ -8,8 +8,9 @@
 //!    until every live worker says `ready` (its connections have settled). Sample the
 //!    server's RSS.
 //! 3. Send `go`; hold for `--duration` (a fanout: until its sender has sent everything
-//!    and every delivery has arrived, or `--drain` after that), sampling the server's
-//!    CPU time at both ends.
+//!    and every delivery has arrived, or `--drain` after that; a storm: until every
+//!    client has resumed or given up), sampling the server's CPU time at both ends, and
+//!    for a storm the servers' counters (`/metrics`).
 //! 4. Send `stop`; collect each worker's `result` (bounded by the drain time plus a
 //!    grace period).
 //! 5. Close the workers' stdin (they exit), reap them, kill any that linger.
@@ -30,13 +31,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use crate::cli::ScenarioCommand;
+use crate::connect::Target;
 use crate::control::{Command, WorkerEvent};
 use crate::fanout::FanoutOutcome;
 use crate::procfs::Proc;
 use crate::publisher::{PublishLog, Publisher};
 use crate::report::{self, RunOutcome, ServerSamples};
+use crate::server_metrics::{self, ServerCounters};
 use crate::source_addr::ephemeral_ports;
 use crate::stats::{Counters, Metric, StatsError, Totals, WorkerReport};
+use crate::storm::outcome::{StormOutcome, StormPlan};
 
 /// Time the workers get to report after `stop`, on top of the chat drain time.
 const COLLECT_GRACE: Duration = Duration::from_secs(10);
@@ -49,6 +53,10 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 
 /// Time allowed for a fanout's membership changes, on top of the owner's connect and sync.
 const SETUP_ALLOWANCE: Duration = Duration::from_secs(30);
+
+/// Storm messages the seeding is assumed to manage per second at least, for the default
+/// deadline (on top of [`SETUP_ALLOWANCE`]).
+const SEED_RATE_FLOOR: f64 = 2000.0;
 
 /// Flags whose values are secrets: workers get them through their environment, or not
 /// at all, never on another visible command line.
@@ -163,6 +171,15 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
     let mut go_tx = Some(go_tx);
     let mut sender = publisher.map(|publisher| Box::pin(publisher.run(go_rx)));
     let mut sender_finished = false;
+    // A storm reads the servers' counters when it starts and when it ends.
+    let mut server_addrs = Vec::new();
+    if scenario.storm().is_some() {
+        for url in common.url.split(',') {
+            server_addrs.push(Target::resolve(url.trim()).await?.addr);
+        }
+    }
+    let mut counters_at_go: Option<ServerCounters> = None;
+    let mut counters_at_end: Option<ServerCounters> = None;
 
     tracing::info!(
         scenario = scenario.kind().as_str(),
@@ -253,6 +270,9 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
                     Stage::Ramp => {}
                     Stage::Steady => {
                         samples.sample_end(server);
+                        if scenario.storm().is_some() {
+                            counters_at_end = read_counters(&server_addrs).await;
+                        }
                         stage = Stage::Collect;
                         stage_timer.as_mut().reset(collect_until(scenario, deadline));
                         broadcast(&mut workers, Command::Stop).await;
@@ -266,8 +286,14 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
             _ = progress_tick.tick() => {
                 if !common.quiet {
                     let sender_counters = publish_log.as_ref().map(|log| log.meters.counters());
-                    previous =
-                        print_progress(stage, started, common.connections, &workers, sender_counters, previous);
+                    previous = print_progress(
+                        scenario,
+                        stage,
+                        started,
+                        &workers,
+                        sender_counters,
+                        previous,
+                    );
                 }
             }
         }
@@ -280,8 +306,16 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
             samples.cpu_at_go = server.and_then(|p| p.cpu_secs().ok());
             tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "all workers ready; steady phase");
             stage = Stage::Steady;
-            // A fanout's steady phase lasts as long as its sender (then its drain).
-            let steady_until = if sender.is_some() { deadline } else { Instant::now() + common.duration };
+            // A fanout's steady phase lasts as long as its sender (then its drain), a
+            // storm's until every client has resumed or given up.
+            let steady_until = match scenario.storm() {
+                _ if sender.is_some() => deadline,
+                Some(storm) => {
+                    counters_at_go = read_counters(&server_addrs).await;
+                    Instant::now() + storm.storm_bound()
+                }
+                None => Instant::now() + common.duration,
+            };
             stage_timer.as_mut().reset(steady_until.min(deadline));
             broadcast(&mut workers, Command::Go).await;
             if let Some(go_tx) = go_tx.take() {
@@ -295,6 +329,14 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
         {
             tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "every delivery arrived");
             samples.sample_end(server);
+            stage = Stage::Collect;
+            stage_timer.as_mut().reset(collect_until(scenario, deadline));
+            broadcast(&mut workers, Command::Stop).await;
+        }
+        if stage == Stage::Steady && scenario.storm().is_some() && every_client_came_back(&workers) {
+            tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "every client resumed or gave up");
+            samples.sample_end(server);
+            counters_at_end = read_counters(&server_addrs).await;
             stage = Stage::Collect;
             stage_timer.as_mut().reset(collect_until(scenario, deadline));
             broadcast(&mut workers, Command::Stop).await;
@@ -315,6 +357,11 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
     if let Some(log) = &publish_log {
         outcome.fanout = Some(absorb_sender(&mut totals, log)?);
     }
+    if let Some(storm) = scenario.storm() {
+        let plan = StormPlan { owed_per_client: storm.owed, convs_per_client: storm.convs };
+        let server_delta = counters_at_go.zip(counters_at_end).map(|(at_go, at_end)| at_end.since(&at_go));
+        outcome.storm = Some(StormOutcome::new(plan, &totals.counters, &totals.errors, &totals.storm, server_delta));
+    }
     let report = report::build(scenario, &run_id, &totals, &samples, &outcome)?;
     print!("{}", report::render_table(&report));
     if let Some(path) = &common.json {
@@ -329,6 +376,27 @@ fn every_delivery_arrived(workers: &[Worker], log: &PublishLog) -> bool {
     let joined: u64 = workers.iter().map(|worker| worker.latest.joined).sum();
     let delivered: u64 = workers.iter().map(|worker| worker.latest.delivered).sum();
     delivered >= log.published_count() * joined
+}
+
+/// Whether every storm client has resumed or given up (by the workers' latest progress).
+fn every_client_came_back(workers: &[Worker]) -> bool {
+    let (mut away, mut done) = (0, 0);
+    for worker in workers {
+        away += worker.latest.went_away;
+        done += worker.latest.resumed + worker.latest.resume_failed;
+    }
+    done >= away
+}
+
+/// The servers' counters now; `None` (and a warning) when one cannot be read.
+async fn read_counters(addrs: &[std::net::SocketAddr]) -> Option<ServerCounters> {
+    match server_metrics::scrape(addrs).await {
+        Ok(counters) => Some(counters),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the servers' /metrics");
+            None
+        }
+    }
 }
 
 /// Adds the fanout sender's measurements to the totals, and the time to the last
@@ -461,9 +529,9 @@ async fn shut_down(workers: &mut [Worker]) {
 }
 
 fn print_progress(
+    scenario: &ScenarioCommand,
     stage: Stage,
     started: Instant,
-    target_connections: u64,
     workers: &[Worker],
     sender: Option<Counters>,
     previous: (Instant, Counters),
@@ -477,18 +545,32 @@ fn print_progress(
     }
     let secs = now.duration_since(previous.0).as_secs_f64().max(1e-3);
     let rate = |current: u64, before: u64| current.saturating_sub(before) as f64 / secs;
+    let traffic = match scenario.storm() {
+        // Seeding, then the storm.
+        Some(_) => format!(
+            "away {} seeded {}/{} | resumed {} failed {} retries {}",
+            total.went_away,
+            total.seed_acked,
+            total.seed_sent,
+            total.resumed,
+            total.resume_failed,
+            total.resume_retries
+        ),
+        None => format!(
+            "sent/s {:.0} acked/s {:.0} deliv/s {:.0}",
+            rate(total.sent, previous.1.sent),
+            rate(total.acked, previous.1.acked),
+            rate(total.delivered, previous.1.delivered)
+        ),
+    };
     eprintln!(
-        "[{:>6.1}s] {:<6} conns {}/{} open {} failed {} | sent/s {:.0} acked/s {:.0} deliv/s {:.0} | errors {}",
+        "[{:>6.1}s] {:<6} conns {}/{} open {} failed {} | {traffic} | errors {errors}",
         started.elapsed().as_secs_f64(),
         stage.label(),
         total.synced,
-        target_connections,
+        scenario.common().connections,
         total.open(),
         total.failed,
-        rate(total.sent, previous.1.sent),
-        rate(total.acked, previous.1.acked),
-        rate(total.delivered, previous.1.delivered),
-        errors,
     );
     (now, total)
 }
@@ -505,11 +587,16 @@ fn collect_until(scenario: &ScenarioCommand, deadline: Instant) -> Instant {
 /// answers, and the drain.
 fn default_deadline(scenario: &ScenarioCommand) -> Duration {
     let common = scenario.common();
-    let steady = match scenario.fanout() {
-        Some(fanout) => {
+    let steady = match (scenario.fanout(), scenario.storm()) {
+        (Some(fanout), _) => {
             common.connect_timeout + common.sync_timeout + SETUP_ALLOWANCE + fanout.send_span() + fanout.drain
         }
-        None => common.duration,
+        // Going away, the seeding, then the storm.
+        (None, Some(storm)) => {
+            let messages = (common.connections * storm.owed) as f64;
+            SETUP_ALLOWANCE + Duration::from_secs_f64(messages / SEED_RATE_FLOOR) + storm.storm_bound()
+        }
+        (None, None) => common.duration,
     };
     common.ramp_estimate() * 2
         + common.connect_timeout

@@ -45,6 +45,9 @@ pub(crate) struct Incoming<'a> {
     /// `error`: what went wrong, for people.
     #[serde(default, borrow)]
     pub(crate) message: Option<Cow<'a, str>>,
+    /// `error`: when to try again (rate limited, unavailable, overloaded).
+    #[serde(default)]
+    pub(crate) retry_after_ms: Option<u64>,
     /// `hello`: what the server accepts.
     #[serde(default)]
     pub(crate) limits: Option<HelloLimits>,
@@ -297,6 +300,8 @@ mod tests {
         let error =
             parse(r#"{"type":"error","ref":"1.2","code":"rate_limited","message":"slow \"down\""}"#).expect("error");
         assert_eq!(error.code.as_deref(), Some("rate_limited"));
+        let error = parse(r#"{"type":"error","code":"unavailable","retry_after_ms":200}"#).expect("error");
+        assert_eq!(error.retry_after_ms, Some(200));
         assert!(parse(r#"{"no_type":1}"#).is_err());
     }
 

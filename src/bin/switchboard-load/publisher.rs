@@ -233,7 +233,7 @@ impl Sending {
                     // The coordinator gave up before the steady phase.
                     Err(_) => return Ok(()),
                 },
-                frame = ws.next() => { read_frame(frame)?; }
+                frame = ws.next() => { connect::text_of("owner", frame)?; }
             }
         }
 
@@ -275,7 +275,7 @@ impl Sending {
                     }
                 }
                 frame = ws.next() => {
-                    let Some(text) = read_frame(frame)? else { continue };
+                    let Some(text) = connect::text_of("owner", frame)? else { continue };
                     let Ok(frame) = frames::parse(&text) else { continue };
                     let Some((n, sent_mono)) = frame.reference.as_deref().and_then(frames::parse_ref) else {
                         continue;
@@ -310,22 +310,6 @@ impl Sending {
     }
 }
 
-/// A text frame's text, `None` for other frames, `Err` when the connection ended.
-fn read_frame(
-    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-) -> Result<Option<String>, Cow<'static, str>> {
-    match frame {
-        Some(Ok(Message::Text(text))) => Ok(Some(text.as_str().to_owned())),
-        Some(Ok(Message::Close(close))) => Err(Cow::Owned(match close {
-            Some(close) => format!("owner.closed.{}", u16::from(close.code)),
-            None => "owner.closed.no_code".to_owned(),
-        })),
-        Some(Ok(_)) => Ok(None),
-        Some(Err(error)) => Err(ws_error_kind("owner.read", &error)),
-        None => Err(Cow::Borrowed("owner.read.eof")),
-    }
-}
-
 /// Connects the owner and builds the group: create with the first chunk of members, add
 /// the rest. Returns the owner connection and the group's conversation id.
 async fn set_up_group(fanout: &FanoutArgs, target: &Target, auth: &Auth, run_id: &str) -> anyhow::Result<(Ws, String)> {
@@ -340,7 +324,9 @@ async fn set_up_group(fanout: &FanoutArgs, target: &Target, auth: &Auth, run_id:
     let mut limits = HelloLimits::default();
     let synced = async {
         loop {
-            let Some(text) = read_frame(ws.next().await).map_err(|kind| anyhow!("owner connection: {kind}"))? else {
+            let Some(text) =
+                connect::text_of("owner", ws.next().await).map_err(|kind| anyhow!("owner connection: {kind}"))?
+            else {
                 continue;
             };
             let frame = frames::parse(&text)?;
@@ -388,7 +374,9 @@ async fn set_up_group(fanout: &FanoutArgs, target: &Target, auth: &Auth, run_id:
 /// it was refused.
 async fn group_reply(ws: &mut Ws, reference: &str) -> anyhow::Result<String> {
     loop {
-        let Some(text) = read_frame(ws.next().await).map_err(|kind| anyhow!("owner connection: {kind}"))? else {
+        let Some(text) =
+            connect::text_of("owner", ws.next().await).map_err(|kind| anyhow!("owner connection: {kind}"))?
+        else {
             continue;
         };
         let frame = frames::parse(&text)?;

@@ -4,8 +4,10 @@
 //! A run fails when no connection succeeded, a worker did not report, the hard
 //! deadline cut it short, it was interrupted, or (chat, fanout) nothing was delivered or
 //! a conversation showed a gap or an out-of-order seq, or (fanout) nothing was published,
-//! the sender stopped early or a delivery is missing. Lesser trouble (failed
-//! connections, sync timeouts, a generator that fell behind) is listed as warnings.
+//! the sender stopped early or a delivery is missing, or (storm) a client did not
+//! resume, a replay missed an owed message or the seeding did not land. Lesser trouble
+//! (failed connections, sync timeouts, a generator that fell behind, duplicates in
+//! replays) is listed as warnings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,6 +20,7 @@ use crate::cli::{FanoutArgs, FanoutKind, ScenarioCommand, ScenarioKind};
 use crate::fanout::FanoutOutcome;
 use crate::procfs::Proc;
 use crate::stats::{Counters, ErrorCounts, LatencySummary, Metric, StatsError, Totals};
+use crate::storm::outcome::StormOutcome;
 
 /// What the coordinator read from the server's procfs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -56,6 +59,8 @@ pub(crate) struct RunOutcome {
     pub(crate) fanout: Option<FanoutOutcome>,
     /// Fanout: why its sender stopped before sending everything.
     pub(crate) sender_error: Option<String>,
+    /// Storm: its figures.
+    pub(crate) storm: Option<StormOutcome>,
 }
 
 /// The machine-readable result (`--json`).
@@ -73,6 +78,8 @@ pub(crate) struct RunReport {
     pub(crate) steady: SteadyReport,
     /// Fanout: messages, deliveries, missing ones, deliveries/s.
     pub(crate) fanout: Option<FanoutOutcome>,
+    /// Storm: resumes, failures and retries, the replays' checks, store reads per resume.
+    pub(crate) storm: Option<StormOutcome>,
     pub(crate) order: OrderReport,
     pub(crate) errors: ErrorCounts,
     /// Latency percentiles in microseconds, by metric.
@@ -107,6 +114,11 @@ pub(crate) struct ReportConfig {
     pub(crate) members: Option<u64>,
     pub(crate) messages: Option<u64>,
     pub(crate) send_period_ms: Option<f64>,
+    /// Storm: messages owed per client, conversations per client, reconnects per second
+    /// (`None`: all at once).
+    pub(crate) owed: Option<u64>,
+    pub(crate) convs: Option<u64>,
+    pub(crate) reconnect_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,7 +203,11 @@ pub(crate) fn build(
     let common = scenario.common();
     let c = &totals.counters;
     let per_sec = |count: u64, secs: f64| if secs > 0.0 { count as f64 / secs } else { 0.0 };
-    let open = c.connected.saturating_sub(c.dropped);
+    // A storm's clients connect twice; those open at the end are the resumed ones.
+    let open = match scenario.storm() {
+        Some(_) => c.resumed.saturating_sub(c.dropped),
+        None => c.connected.saturating_sub(c.dropped),
+    };
 
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
@@ -221,6 +237,10 @@ pub(crate) fn build(
                 fanout.missing, fanout.expected, fanout.incomplete_messages, fanout.published
             ));
         }
+    }
+    if let Some(storm) = &outcome.storm {
+        failures.extend(storm.failures());
+        warnings.extend(storm.warnings());
     }
     if let Some(kind) = &outcome.sender_error {
         failures.push(format!("the fanout sender stopped early: {kind}"));
@@ -290,6 +310,7 @@ pub(crate) fn build(
 
     let chat = scenario.chat();
     let fanout = scenario.fanout();
+    let storm = scenario.storm();
     Ok(RunReport {
         scenario: scenario.kind().as_str(),
         run_id: run_id.to_owned(),
@@ -311,6 +332,9 @@ pub(crate) fn build(
             members: fanout.filter(|fanout| fanout.kind == FanoutKind::Group).map(FanoutArgs::member_count),
             messages: fanout.map(|fanout| fanout.messages),
             send_period_ms: fanout.map(|fanout| fanout.send_period().as_secs_f64() * 1e3),
+            owed: storm.map(|storm| storm.owed),
+            convs: storm.map(|storm| storm.convs),
+            reconnect_rate: storm.and_then(|storm| storm.reconnect_rate),
         },
         workers: WorkersReport { expected: outcome.workers_expected, reported: totals.workers_reported },
         connections: ConnectionsReport {
@@ -333,6 +357,7 @@ pub(crate) fn build(
             deliveries_per_sec: per_sec(totals.steady.delivered, totals.steady.secs),
         },
         fanout: outcome.fanout.clone(),
+        storm: outcome.storm.clone(),
         order: OrderReport {
             gap_events: c.gap_events,
             missing_seqs: c.missing_seqs,
@@ -389,6 +414,14 @@ pub(crate) fn render_table(report: &RunReport) -> String {
             cfg.body_bytes.unwrap_or(0)
         );
     }
+    if let (Some(owed), Some(convs)) = (cfg.owed, cfg.convs) {
+        let pace = cfg.reconnect_rate.map_or("all at once".to_owned(), |rate| format!("at {rate:.0}/s"));
+        let _ = writeln!(
+            out,
+            "  storm: each client owed {owed} messages in {convs} conversations, {}-byte bodies; reconnects {pace}",
+            cfg.body_bytes.unwrap_or(0)
+        );
+    }
     let conns = &report.connections;
     let _ = writeln!(
         out,
@@ -412,6 +445,9 @@ pub(crate) fn render_table(report: &RunReport) -> String {
             "             {:.0} deliveries/s (first send to last delivery: {:.3} s)",
             fanout.deliveries_per_sec, fanout.span_secs
         );
+    }
+    if let Some(storm) = &report.storm {
+        storm.render(&mut out);
     }
     if report.scenario == ScenarioKind::Chat.as_str() {
         let steady = &report.steady;
@@ -555,6 +591,7 @@ mod tests {
             rss_start_kib: Some(2048),
             deadline_hit: false,
             messages: Vec::new(),
+            storm: None,
         };
         let mut totals = Totals::new().expect("new");
         totals.absorb(&report).expect("absorb");

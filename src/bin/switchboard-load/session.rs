@@ -7,6 +7,8 @@
 //! receivers check per-conversation order, time deliveries and send receipts. Fanout
 //! members receive like receivers and also log each message's arrival by its number; a
 //! feed's members first subscribe, and count as settled (and joined) on `subscribed`.
+//! Storm clients idle until the run sends them away, then close and hand over to
+//! [`crate::storm`], with the last seq they saw in each conversation.
 //!
 //! Order check (per connection and conversation): frames before `synced` are replay and
 //! only counted. The baseline is the highest seq seen in replay or announced by
@@ -31,7 +33,7 @@ use crate::shared::{Phase, SessionEnv, duration_micros, stopped};
 use crate::stats::Metric;
 
 /// How long closing may take at the end of a run.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A timer that is not armed (far beyond any run's deadline).
 const UNARMED: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -92,6 +94,23 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
 
     let mut session = Session::new(Rc::clone(&env), user, role, index, started, permit);
     let end = Box::pin(session.drive(ws, phase_rx)).await;
+    if matches!(end, End::Away)
+        && let Some(storm) = &env.storm
+    {
+        env.meters.count(|c| c.closed += 1);
+        let servers = env.targets.len() as u64;
+        let owed = crate::plan::storm_convs(&env.user_prefix, index, &storm.owed_per_conv, servers)
+            .into_iter()
+            .map(|(conv, owed)| {
+                let baseline = session.convs.iter().find(|view| *view.conv == *conv).and_then(|view| view.last_seq);
+                crate::storm::OwedConv::new(conv, baseline.unwrap_or(0), owed)
+            })
+            .collect();
+        let user = std::mem::take(&mut session.user);
+        drop(session);
+        Box::pin(crate::storm::run(env, index, source, user, owed)).await;
+        return;
+    }
     session.finish(end);
 }
 
@@ -100,6 +119,8 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
 enum End {
     /// The run stopped; we closed.
     Stopped,
+    /// Storm: the run sent the client away; we closed.
+    Away,
     /// The server or the network ended the connection.
     Lost(Cow<'static, str>),
 }
@@ -207,8 +228,10 @@ impl Session {
         self.enter_phase(initial, &mut send_timer);
 
         let end = loop {
-            if self.phase == Phase::Stop {
-                break End::Stopped;
+            match self.phase {
+                Phase::Stop => break End::Stopped,
+                Phase::Away => break End::Away,
+                Phase::Ramp | Phase::Steady | Phase::Drain => {}
             }
             tokio::select! {
                 changed = phase_rx.changed() => {
@@ -241,7 +264,7 @@ impl Session {
             }
         };
 
-        if matches!(end, End::Stopped) {
+        if matches!(end, End::Stopped | End::Away) {
             // Leave the cursor where we are, so the next run is not replayed old frames.
             self.queue_receipts();
             let close = async {
@@ -303,7 +326,7 @@ impl Session {
                 sender.active = true;
                 send_timer.as_mut().reset(sender.next_due);
             }
-            Phase::Steady | Phase::Ramp => {}
+            Phase::Steady | Phase::Ramp | Phase::Away => {}
             Phase::Drain | Phase::Stop => sender.active = false,
         }
     }
@@ -376,6 +399,15 @@ impl Session {
     }
 
     fn on_synced(&mut self, frame: &Incoming<'_>) {
+        // A storm client's baselines: the head of every conversation it is in.
+        if self.env.storm.is_some()
+            && let Some(convs) = &frame.convs
+        {
+            for (conv, &latest) in convs {
+                let view = view_mut(&mut self.convs, conv);
+                view.last_seq = Some(view.last_seq.map_or(latest, |seen| seen.max(latest)));
+            }
+        }
         if let (Some(conv), Some(convs)) = (&self.watched_conv, &frame.convs)
             && let Some(&latest) = convs.get(conv.as_str())
         {
@@ -558,9 +590,8 @@ mod tests {
 
     use crate::auth::Auth;
     use crate::cli::ScenarioKind;
-    use crate::connect::Target;
     use crate::mock_server::{self, MockOptions};
-    use crate::shared::{ChatSettings, Clock, FanoutSettings, Meters};
+    use crate::shared::{ChatSettings, Clock, FanoutSettings, test_env};
     use crate::stats::{Counters, LatencySummary};
 
     struct PairRun {
@@ -569,34 +600,6 @@ mod tests {
         ack: LatencySummary,
         deliver: LatencySummary,
         receipts_seen_by_server: u64,
-    }
-
-    /// The environment of a worker's sessions against `url`.
-    async fn test_env(
-        url: &str,
-        auth: Auth,
-        scenario: ScenarioKind,
-        chat: Option<ChatSettings>,
-        fanout: Option<FanoutSettings>,
-    ) -> (Rc<SessionEnv>, watch::Sender<Phase>) {
-        let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
-        let env = Rc::new(SessionEnv {
-            scenario,
-            targets: vec![Target::resolve(url).await.expect("target")],
-            auth,
-            user_prefix: "t-u".to_owned(),
-            device: "d".to_owned(),
-            run_id: "rtest".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-            sync_timeout: Duration::from_secs(5),
-            chat,
-            fanout,
-            receipt_interval: Duration::from_millis(20),
-            clock: Clock::new(),
-            meters: Rc::new(Meters::new().expect("meters")),
-            phase_rx,
-        });
-        (env, phase_tx)
     }
 
     /// Connections `0..connections` of `env`: once they have settled, the run goes
@@ -645,7 +648,7 @@ mod tests {
             padding: frames::body_padding(100, clock.unix_micros(), None),
             max_inflight: 64,
         };
-        let (env, phase_tx) = test_env(&server.url(), auth, ScenarioKind::Chat, Some(chat), None).await;
+        let (env, phase_tx) = test_env(&server.url(), auth, ScenarioKind::Chat, Some(chat), None, None).await;
         let meters = Rc::clone(&env.meters);
         run_sessions(env, &phase_tx, 2, tokio::time::sleep(steady)).await;
         // Let the mock count the last receipts.
@@ -684,7 +687,8 @@ mod tests {
         let server = mock_server::spawn(MockOptions::default(), 0).await.expect("mock server");
         let conv = "feed:rtest";
         let fanout = FanoutSettings { conv: conv.to_owned(), subscribe: true };
-        let (env, phase_tx) = test_env(&server.url(), Auth::dev(), ScenarioKind::Fanout, None, Some(fanout)).await;
+        let (env, phase_tx) =
+            test_env(&server.url(), Auth::dev(), ScenarioKind::Fanout, None, Some(fanout), None).await;
         let meters = Rc::clone(&env.meters);
         // Published before anyone subscribed: the subscriptions start after it.
         server.publish(conv, r#"{"text":"before"}"#);

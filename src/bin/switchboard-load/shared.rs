@@ -17,12 +17,15 @@ use crate::cli::ScenarioKind;
 use crate::connect::Target;
 use crate::fanout::{DeliveryLog, MessageDeliveries};
 use crate::stats::{Counters, ErrorCounts, Histograms, Metric, StatsError};
+use crate::storm::StormSettings;
 
 /// Phase of the run, broadcast to every session through a `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Phase {
     /// Connections are being opened.
     Ramp,
+    /// Storm: every client closes and waits, while it is sent what it will be owed.
+    Away,
     /// Every worker is up: hold idle, or send.
     Steady,
     /// Senders stop; outstanding acks and deliveries are awaited.
@@ -196,6 +199,7 @@ pub(crate) struct SessionEnv {
     pub(crate) sync_timeout: Duration,
     pub(crate) chat: Option<ChatSettings>,
     pub(crate) fanout: Option<FanoutSettings>,
+    pub(crate) storm: Option<StormSettings>,
     /// How long a receiver batches its `delivered` receipts.
     pub(crate) receipt_interval: Duration,
     pub(crate) clock: Clock,
@@ -208,6 +212,38 @@ impl SessionEnv {
     pub(crate) fn target(&self, index: u64) -> &Target {
         &self.targets[(index % self.targets.len() as u64) as usize]
     }
+}
+
+/// The environment of a test's sessions against `url`: user prefix `t-u`, device `d`,
+/// 5 s timeouts, receipts after 20 ms.
+#[cfg(test)]
+pub(crate) async fn test_env(
+    url: &str,
+    auth: Auth,
+    scenario: ScenarioKind,
+    chat: Option<ChatSettings>,
+    fanout: Option<FanoutSettings>,
+    storm: Option<StormSettings>,
+) -> (std::rc::Rc<SessionEnv>, watch::Sender<Phase>) {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+    let env = std::rc::Rc::new(SessionEnv {
+        scenario,
+        targets: vec![Target::resolve(url).await.expect("target")],
+        auth,
+        user_prefix: "t-u".to_owned(),
+        device: "d".to_owned(),
+        run_id: "rtest".to_owned(),
+        connect_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(5),
+        chat,
+        fanout,
+        storm,
+        receipt_interval: Duration::from_millis(20),
+        clock: Clock::new(),
+        meters: std::rc::Rc::new(Meters::new().expect("meters")),
+        phase_rx,
+    });
+    (env, phase_tx)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::fanout::{MessageDeliveries, MessageTotals};
+use crate::storm::outcome::StormWorkerFigures;
 
 /// Largest latency a histogram holds exactly: 10 minutes in microseconds. Larger values
 /// are clamped to it.
@@ -101,6 +102,33 @@ counters! {
     frames_in,
     /// Frames written.
     frames_out,
+    /// Storm: clients that went away (closed after syncing) to come back in the storm.
+    went_away,
+    /// Storm: clients that got `synced` again in the storm.
+    resumed,
+    /// Storm: clients that gave up (or were stopped) before resuming.
+    resume_failed,
+    /// Storm: failed attempts that were retried.
+    resume_retries,
+    /// Storm: messages the resumes replayed (each once).
+    resume_replayed,
+    /// Storm: replayed messages at or below a seq already replayed in their conversation.
+    resume_duplicates,
+    /// Storm: owed seqs missing from the replays.
+    resume_missing,
+    /// Storm: conversations whose replay had a gap.
+    resume_gap_convs,
+    /// Storm: conversations whose head after the storm was not the client's baseline
+    /// plus what it was sent.
+    owed_mismatch,
+    /// Storm: conversations in a resume's `synced` besides the client's owed ones.
+    resume_extra_convs,
+    /// Storm: the senders' `send` frames written (retries included).
+    seed_sent,
+    /// Storm: the senders' sends acknowledged.
+    seed_acked,
+    /// Storm: the senders' sends refused for good, or never answered.
+    seed_refused,
 }
 
 impl Counters {
@@ -126,12 +154,21 @@ pub(crate) enum Metric {
     /// Fanout, per message: send timestamp to its last delivery over all receivers
     /// (recorded by the coordinator from the workers' per-message reports).
     LastDelivery,
+    /// Storm: a client's first reconnect attempt to its `synced`, retries included.
+    Resume,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub(crate) const ALL: [Metric; 6] =
-        [Metric::Connect, Metric::Hello, Metric::Synced, Metric::Ack, Metric::Deliver, Metric::LastDelivery];
+    pub(crate) const ALL: [Metric; 7] = [
+        Metric::Connect,
+        Metric::Hello,
+        Metric::Synced,
+        Metric::Ack,
+        Metric::Deliver,
+        Metric::LastDelivery,
+        Metric::Resume,
+    ];
 
     /// Name used in the JSON result.
     pub(crate) fn name(self) -> &'static str {
@@ -142,6 +179,7 @@ impl Metric {
             Metric::Ack => "ack",
             Metric::Deliver => "deliver",
             Metric::LastDelivery => "last_delivery",
+            Metric::Resume => "resume",
         }
     }
 
@@ -154,6 +192,7 @@ impl Metric {
             Metric::Ack => "send -> ack",
             Metric::Deliver => "send -> deliver",
             Metric::LastDelivery => "send -> last member",
+            Metric::Resume => "storm: resume",
         }
     }
 
@@ -165,6 +204,7 @@ impl Metric {
             Metric::Ack => 3,
             Metric::Deliver => 4,
             Metric::LastDelivery => 5,
+            Metric::Resume => 6,
         }
     }
 }
@@ -199,7 +239,7 @@ impl Histograms {
             hist.auto(true);
             Ok(hist)
         };
-        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?] })
+        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?, make()?] })
     }
 
     /// Records one latency, clamped to the histogram's range.
@@ -338,6 +378,9 @@ pub(crate) struct WorkerReport {
     /// Fanout: what the worker's connections received of each message.
     #[serde(default)]
     pub(crate) messages: Vec<MessageDeliveries>,
+    /// Storm: when it started and ended at this worker, and its seeding.
+    #[serde(default)]
+    pub(crate) storm: Option<StormWorkerFigures>,
 }
 
 /// Everything the workers reported, added up.
@@ -357,6 +400,8 @@ pub(crate) struct Totals {
     pub(crate) deadline_hit: bool,
     /// Fanout: deliveries by message.
     pub(crate) messages: MessageTotals,
+    /// Storm: the earliest `go`, the latest resume, the senders and the longest seeding.
+    pub(crate) storm: StormWorkerFigures,
 }
 
 impl Totals {
@@ -374,6 +419,7 @@ impl Totals {
             rss_start_kib: 0,
             deadline_hit: false,
             messages: MessageTotals::default(),
+            storm: StormWorkerFigures::default(),
         })
     }
 
@@ -391,6 +437,9 @@ impl Totals {
         self.rss_kib += report.rss_kib.unwrap_or(0);
         self.rss_start_kib += report.rss_start_kib.unwrap_or(0);
         self.deadline_hit |= report.deadline_hit;
+        if let Some(storm) = &report.storm {
+            self.storm.absorb(storm);
+        }
         Ok(())
     }
 
@@ -465,6 +514,7 @@ mod tests {
             rss_start_kib: Some(400),
             deadline_hit: false,
             messages: vec![MessageDeliveries { n: 1, sent_us: 10, count: 3, last_us: 20 + index }],
+            storm: None,
         }
     }
 
