@@ -8,7 +8,8 @@
 //! `switchboard_frames_out_total`, `switchboard_acks_total`, `switchboard_conv_pending`
 //! and `switchboard_write_batch_frames` (queue depths), `switchboard_outbox_overflow_total`,
 //! `switchboard_actor_restarts_total`, `switchboard_store_append_seconds` and
-//! `switchboard_store_commit_seconds` (store latency), `switchboard_closes_total{code}`.
+//! `switchboard_store_commit_seconds` (store latency), `switchboard_store_reads_total{op}`
+//! (reads asked of the store, by method), `switchboard_closes_total{code}`.
 
 use std::time::Duration;
 

@@ -32,6 +32,12 @@
 //! never lowers the stored value, so writes may race and arrive in any order.
 //!
 //! Every write is idempotent (same key, same value) so it may be retried.
+//!
+//! # Reads
+//!
+//! Both implementations count every read they are asked for, by trait method, in
+//! `switchboard_store_reads_total{op}` ([`count_read`]), so a benchmark can tell what a
+//! resume or a receipt costs in reads whichever store serves it.
 
 pub mod cql;
 pub mod embedded;
@@ -65,6 +71,14 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Counts one read the server asks of its store: `switchboard_store_reads_total{op}`,
+/// `op` being the [`MessageStore`] method. Counted on entry, so a CQL read that joins
+/// an identical one in flight counts too (what reaches the database is
+/// `switchboard_store_request_seconds{op}`).
+fn count_read(op: &'static str) {
+    ::metrics::counter!("switchboard_store_reads_total", "op" => op).increment(1);
+}
 
 /// What `conv_meta` holds for one conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]

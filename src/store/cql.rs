@@ -687,6 +687,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn load_conv(&self, conv: &ConvId) -> StoreResult<Option<ConvMeta>> {
+        super::count_read("load_conv");
         let inner = Arc::clone(&self.inner);
         let key = conv.clone();
         self.inner
@@ -712,10 +713,12 @@ impl MessageStore for CqlStore {
     }
 
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>> {
+        super::count_read("find_dedup");
         self.inner.call("find_dedup", self.inner.find_dedup(conv, from, cmid)).await
     }
 
     async fn read_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        super::count_read("read_after");
         let Some(lo) = after.checked_add(1) else { return Ok(Vec::new()) };
         if limit == 0 {
             return Ok(Vec::new());
@@ -731,6 +734,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn read_before(&self, conv: &ConvId, before: Option<u64>, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        super::count_read("read_before");
         let hi = match before {
             Some(0) => return Ok(Vec::new()),
             Some(before) => Some(before - 1),
@@ -750,6 +754,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn user_convs(&self, user: &UserId) -> StoreResult<Vec<ConvId>> {
+        super::count_read("user_convs");
         let inner = Arc::clone(&self.inner);
         let key = user.clone();
         self.inner
@@ -771,6 +776,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn device_cursors(&self, user: &UserId, device: &DeviceId) -> StoreResult<HashMap<ConvId, u64>> {
+        super::count_read("device_cursors");
         let inner = Arc::clone(&self.inner);
         let key = (user.clone(), device.clone());
         self.inner
@@ -796,6 +802,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>> {
+        super::count_read("marks");
         self.inner.call("marks", self.inner.marks(conv)).await
     }
 
@@ -807,6 +814,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn last_seen(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        super::count_read("last_seen");
         let select = ("presence", &self.inner.statements.presence_select);
         self.inner.call("last_seen", self.inner.select_time("last_seen", select, user)).await
     }
@@ -819,6 +827,7 @@ impl MessageStore for CqlStore {
     }
 
     async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        super::count_read("revoked_before");
         let select = ("revocations", &self.inner.statements.revocation_select);
         self.inner.call("revoked_before", self.inner.select_time("revoked_before", select, user)).await
     }

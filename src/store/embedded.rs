@@ -635,6 +635,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn load_conv(&self, conv: &ConvId) -> StoreResult<Option<ConvMeta>> {
+        super::count_read("load_conv");
         self.inline(|keyspaces| {
             Ok(keyspaces.load_meta(conv)?.map(|record| ConvMeta {
                 last_seq: record.last_seq,
@@ -654,21 +655,25 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn find_dedup(&self, conv: &ConvId, from: &UserId, cmid: &str) -> StoreResult<Option<DedupHit>> {
+        super::count_read("find_dedup");
         let key = dedup_key(conv, from, cmid);
         self.inline(|keyspaces| keyspaces.find_dedup(&key, now_ms()))
     }
 
     async fn read_after(&self, conv: &ConvId, after: u64, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        super::count_read("read_after");
         let conv = conv.clone();
         self.blocking(move |keyspaces| keyspaces.read_after(&conv, after, limit)).await
     }
 
     async fn read_before(&self, conv: &ConvId, before: Option<u64>, limit: usize) -> StoreResult<Vec<StoredMessage>> {
+        super::count_read("read_before");
         let conv = conv.clone();
         self.blocking(move |keyspaces| keyspaces.read_before(&conv, before, limit)).await
     }
 
     async fn user_convs(&self, user: &UserId) -> StoreResult<Vec<ConvId>> {
+        super::count_read("user_convs");
         let user = user.clone();
         self.blocking(move |keyspaces| keyspaces.user_convs(&user)).await
     }
@@ -685,6 +690,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn device_cursors(&self, user: &UserId, device: &DeviceId) -> StoreResult<HashMap<ConvId, u64>> {
+        super::count_read("device_cursors");
         let (user, device) = (user.clone(), device.clone());
         self.blocking(move |keyspaces| keyspaces.device_cursors(&user, &device)).await
     }
@@ -706,6 +712,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>> {
+        super::count_read("marks");
         let conv = conv.clone();
         self.blocking(move |keyspaces| keyspaces.marks(&conv)).await
     }
@@ -718,6 +725,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn last_seen(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        super::count_read("last_seen");
         self.inline(|keyspaces| keyspaces.last_seen(user))
     }
 
@@ -727,6 +735,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn revoked_before(&self, user: &UserId) -> StoreResult<Option<u64>> {
+        super::count_read("revoked_before");
         self.inline(|keyspaces| keyspaces.revoked_before(user))
     }
 

@@ -91,6 +91,8 @@ async fn dev_mode_accepts_query_identities_and_probes_answer() {
     let (status, body) = http::get(server.addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("switchboard_connections"), "{body}");
+    // The resume after hello read the device's cursors (store reads are counted by method).
+    assert!(body.contains(r#"switchboard_store_reads_total{op="device_cursors"}"#), "{body}");
     assert!(server.log().contains("DEVELOPMENT MODE"), "dev mode must warn loudly");
 }
 

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 
+use crate::cli::CommonArgs;
+
 /// Claims of a minted token (the server's contract, DESIGN §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Claims {
@@ -71,6 +73,16 @@ impl Auth {
     /// HS256 tokens signed with `secret`, valid for `token_ttl`.
     pub(crate) fn hs256(secret: &str, in_query: bool, token_ttl: Duration) -> Self {
         Auth { mode: AuthMode::Token { key: EncodingKey::from_secret(secret.as_bytes()), in_query }, token_ttl }
+    }
+
+    /// The auth the command line asks for (dev mode, or tokens valid for `token_ttl`);
+    /// `None` when it asks for neither.
+    pub(crate) fn from_args(common: &CommonArgs, token_ttl: Duration) -> Option<Self> {
+        match (&common.secret, common.dev) {
+            (_, true) => Some(Auth::dev()),
+            (Some(secret), false) => Some(Auth::hs256(secret, common.token_in_query, token_ttl)),
+            (None, false) => None,
+        }
     }
 
     /// Signs a token for `user` on `device`.

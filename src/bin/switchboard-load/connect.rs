@@ -14,7 +14,9 @@ use anyhow::Context as _;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::header::RETRY_AFTER;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// A client WebSocket over plain TCP.
@@ -103,6 +105,15 @@ impl ConnectError {
             ConnectError::Upgrade(e) => ws_error_kind("upgrade", e),
         }
     }
+
+    /// The `Retry-After` (in seconds) of a refused upgrade, if it had one.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        let ConnectError::Upgrade(tungstenite::Error::Http(response)) = self else {
+            return None;
+        };
+        let seconds: f64 = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+        Duration::try_from_secs_f64(seconds).ok()
+    }
 }
 
 /// Opens a socket from `source` (or the kernel's choice) to `target` and upgrades it.
@@ -130,6 +141,25 @@ async fn open_unbounded(target: &Target, source: Option<IpAddr>, request: Reques
     stream.set_nodelay(true).map_err(ConnectError::Tcp)?;
     let (ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
     Ok(ws)
+}
+
+/// The text of a frame read from a connection: `None` for frames other than text, an
+/// error kind under `prefix` when the connection ended (`<prefix>.closed.<code>`,
+/// `<prefix>.read.<kind>`, `<prefix>.read.eof`).
+pub(crate) fn text_of(
+    prefix: &str,
+    frame: Option<Result<Message, tungstenite::Error>>,
+) -> Result<Option<String>, Cow<'static, str>> {
+    match frame {
+        Some(Ok(Message::Text(text))) => Ok(Some(text.as_str().to_owned())),
+        Some(Ok(Message::Close(close))) => Err(Cow::Owned(match close {
+            Some(close) => format!("{prefix}.closed.{}", u16::from(close.code)),
+            None => format!("{prefix}.closed.no_code"),
+        })),
+        Some(Ok(_)) => Ok(None),
+        Some(Err(error)) => Err(ws_error_kind(&format!("{prefix}.read"), &error)),
+        None => Err(Cow::Owned(format!("{prefix}.read.eof"))),
+    }
 }
 
 /// Short kind of an I/O error, prefixed with where it happened.

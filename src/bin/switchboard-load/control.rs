@@ -98,6 +98,8 @@ mod tests {
             rss_kib: None,
             rss_start_kib: None,
             deadline_hit: false,
+            messages: Vec::new(),
+            storm: None,
         };
         let line = WorkerEvent::Result(Box::new(report)).to_line().expect("serialize");
         assert!(matches!(

@@ -2,34 +2,45 @@
 //! together, samples the server, prints progress, and merges the results.
 //!
 //! Phases, each bounded (and all of them by `--deadline`):
-//! 1. Spawn `--processes` copies of this executable with `--worker-index i` and wait
+//! 1. Fanout only: set the group or feed up ([`crate::publisher`]); its id goes to the
+//!    workers as `--conv`.
+//! 2. Spawn `--processes` copies of this executable with `--worker-index i` and wait
 //!    until every live worker says `ready` (its connections have settled). Sample the
 //!    server's RSS.
-//! 2. Send `go`; hold for `--duration`, sampling the server's CPU time at both ends.
-//! 3. Send `stop`; collect each worker's `result` (bounded by the drain time plus a
+//! 3. Send `go`; hold for `--duration` (a fanout: until its sender has sent everything
+//!    and every delivery has arrived, or `--drain` after that; a storm: until every
+//!    client has resumed or given up), sampling the server's CPU time at both ends, and
+//!    for a storm the servers' counters (`/metrics`).
+//! 4. Send `stop`; collect each worker's `result` (bounded by the drain time plus a
 //!    grace period).
-//! 4. Close the workers' stdin (they exit), reap them, kill any that linger.
+//! 5. Close the workers' stdin (they exit), reap them, kill any that linger.
 //!
 //! Workers run in their own process group, so Ctrl-C reaches only the coordinator: the
 //! first one ends the current phase early and still collects results, a second one
 //! gives up at once.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command as ProcessCommand};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use crate::cli::ScenarioCommand;
+use crate::connect::Target;
 use crate::control::{Command, WorkerEvent};
+use crate::fanout::FanoutOutcome;
 use crate::procfs::Proc;
+use crate::publisher::{PublishLog, Publisher};
 use crate::report::{self, RunOutcome, ServerSamples};
+use crate::server_metrics::{self, ServerCounters};
 use crate::source_addr::ephemeral_ports;
-use crate::stats::{Counters, Totals, WorkerReport};
+use crate::stats::{Counters, Metric, StatsError, Totals, WorkerReport};
+use crate::storm::outcome::{StormOutcome, StormPlan};
 
 /// Time the workers get to report after `stop`, on top of the chat drain time.
 const COLLECT_GRACE: Duration = Duration::from_secs(10);
@@ -40,10 +51,21 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Margin added to the computed default deadline.
 const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 
+/// Time allowed for a fanout's membership changes, on top of the owner's connect and sync.
+const SETUP_ALLOWANCE: Duration = Duration::from_secs(30);
+
+/// Storm messages the seeding is assumed to manage per second at least, for the default
+/// deadline (on top of [`SETUP_ALLOWANCE`]).
+const SEED_RATE_FLOOR: f64 = 2000.0;
+
+/// Flags whose values are secrets: workers get them through their environment, or not
+/// at all, never on another visible command line.
+const SECRET_FLAGS: [&str; 2] = ["--secret", "--admin-token"];
+
 /// Runs the whole load run; `args` is this process's command line (without the
 /// program name), which the workers are started with.
 pub(crate) fn run(scenario: &ScenarioCommand, args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let worker_args = without_secret(args);
+    let worker_args = without_secrets(args);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,22 +110,29 @@ impl Stage {
     }
 }
 
-/// The command line without `--secret` and its value: workers get the secret through
-/// their environment, not through another visible command line.
-fn without_secret(args: Vec<OsString>) -> Vec<OsString> {
+/// The command line without the [`SECRET_FLAGS`] and their values.
+fn without_secrets(args: Vec<OsString>) -> Vec<OsString> {
     let mut kept = Vec::with_capacity(args.len());
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
-        if arg == "--secret" {
+        if SECRET_FLAGS.iter().any(|flag| arg == *flag) {
             args.next();
             continue;
         }
-        if arg.to_str().is_some_and(|a| a.starts_with("--secret=")) {
+        if arg.to_str().is_some_and(|a| SECRET_FLAGS.iter().any(|flag| a.starts_with(&format!("{flag}=")))) {
             continue;
         }
         kept.push(arg);
     }
     kept
+}
+
+/// Polls the fanout's sender, if there is one still running; pending otherwise.
+async fn sender_done<F: Future + Unpin>(sender: &mut Option<F>) -> F::Output {
+    match sender {
+        Some(sender) => sender.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -123,6 +152,34 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
     }
     let mut samples = ServerSamples { pid: common.server_pid, ..ServerSamples::default() };
     samples.rss_before_kib = server.and_then(|p| p.rss_kib().ok());
+
+    let mut worker_args = worker_args;
+    let publisher = match scenario.fanout() {
+        Some(fanout) => {
+            let token_ttl = deadline_after + Duration::from_secs(3600);
+            let prepared = tokio::time::timeout_at(deadline, Publisher::prepare(fanout, &run_id, token_ttl))
+                .await
+                .context("the deadline passed while setting the fanout up")?
+                .context("cannot set the fanout up")?;
+            worker_args.extend([OsString::from("--conv"), OsString::from(prepared.conv())]);
+            Some(prepared)
+        }
+        None => None,
+    };
+    let publish_log = publisher.as_ref().map(Publisher::log);
+    let (go_tx, go_rx) = oneshot::channel();
+    let mut go_tx = Some(go_tx);
+    let mut sender = publisher.map(|publisher| Box::pin(publisher.run(go_rx)));
+    let mut sender_finished = false;
+    // A storm reads the servers' counters when it starts and when it ends.
+    let mut server_addrs = Vec::new();
+    if scenario.storm().is_some() {
+        for url in common.url.split(',') {
+            server_addrs.push(Target::resolve(url.trim()).await?.addr);
+        }
+    }
+    let mut counters_at_go: Option<ServerCounters> = None;
+    let mut counters_at_end: Option<ServerCounters> = None;
 
     tracing::info!(
         scenario = scenario.kind().as_str(),
@@ -171,6 +228,8 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
                     if stage == Stage::Steady {
                         samples.sample_end(server);
                     }
+                    // A fanout sends no more (what it sent is in its log).
+                    sender = None;
                     stage = Stage::Collect;
                     stage_timer.as_mut().reset(collect_until(scenario, deadline));
                     broadcast(&mut workers, Command::Stop).await;
@@ -187,11 +246,33 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
                 }
                 None => break,
             },
+            ended = sender_done(&mut sender) => {
+                sender = None;
+                sender_finished = true;
+                if let Err(kind) = ended {
+                    tracing::error!(%kind, "the fanout sender stopped early");
+                    outcome.sender_error = Some(kind.into_owned());
+                }
+                match stage {
+                    // Nothing will be sent: stop.
+                    Stage::Ramp => {
+                        stage = Stage::Collect;
+                        stage_timer.as_mut().reset(collect_until(scenario, deadline));
+                        broadcast(&mut workers, Command::Stop).await;
+                    }
+                    // Sent: wait for the deliveries still on their way, at most --drain.
+                    Stage::Steady => stage_timer.as_mut().reset((Instant::now() + scenario.drain()).min(deadline)),
+                    Stage::Collect => {}
+                }
+            }
             () = &mut stage_timer => {
                 match stage {
                     Stage::Ramp => {}
                     Stage::Steady => {
                         samples.sample_end(server);
+                        if scenario.storm().is_some() {
+                            counters_at_end = read_counters(&server_addrs).await;
+                        }
                         stage = Stage::Collect;
                         stage_timer.as_mut().reset(collect_until(scenario, deadline));
                         broadcast(&mut workers, Command::Stop).await;
@@ -204,7 +285,15 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
             }
             _ = progress_tick.tick() => {
                 if !common.quiet {
-                    previous = print_progress(stage, started, common.connections, &workers, previous);
+                    let sender_counters = publish_log.as_ref().map(|log| log.meters.counters());
+                    previous = print_progress(
+                        scenario,
+                        stage,
+                        started,
+                        &workers,
+                        sender_counters,
+                        previous,
+                    );
                 }
             }
         }
@@ -217,8 +306,40 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
             samples.cpu_at_go = server.and_then(|p| p.cpu_secs().ok());
             tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "all workers ready; steady phase");
             stage = Stage::Steady;
-            stage_timer.as_mut().reset((Instant::now() + common.duration).min(deadline));
+            // A fanout's steady phase lasts as long as its sender (then its drain), a
+            // storm's until every client has resumed or given up.
+            let steady_until = match scenario.storm() {
+                _ if sender.is_some() => deadline,
+                Some(storm) => {
+                    counters_at_go = read_counters(&server_addrs).await;
+                    Instant::now() + storm.storm_bound()
+                }
+                None => Instant::now() + common.duration,
+            };
+            stage_timer.as_mut().reset(steady_until.min(deadline));
             broadcast(&mut workers, Command::Go).await;
+            if let Some(go_tx) = go_tx.take() {
+                let _ = go_tx.send(());
+            }
+        }
+        if stage == Stage::Steady
+            && sender_finished
+            && let Some(log) = &publish_log
+            && every_delivery_arrived(&workers, log)
+        {
+            tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "every delivery arrived");
+            samples.sample_end(server);
+            stage = Stage::Collect;
+            stage_timer.as_mut().reset(collect_until(scenario, deadline));
+            broadcast(&mut workers, Command::Stop).await;
+        }
+        if stage == Stage::Steady && scenario.storm().is_some() && every_client_came_back(&workers) {
+            tracing::info!(elapsed_secs = started.elapsed().as_secs_f64(), "every client resumed or gave up");
+            samples.sample_end(server);
+            counters_at_end = read_counters(&server_addrs).await;
+            stage = Stage::Collect;
+            stage_timer.as_mut().reset(collect_until(scenario, deadline));
+            broadcast(&mut workers, Command::Stop).await;
         }
     }
 
@@ -233,12 +354,60 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
         }
     }
     outcome.workers_expected = expected;
+    if let Some(log) = &publish_log {
+        outcome.fanout = Some(absorb_sender(&mut totals, log)?);
+    }
+    if let Some(storm) = scenario.storm() {
+        let plan = StormPlan { owed_per_client: storm.owed, convs_per_client: storm.convs };
+        let server_delta = counters_at_go.zip(counters_at_end).map(|(at_go, at_end)| at_end.since(&at_go));
+        outcome.storm = Some(StormOutcome::new(plan, &totals.counters, &totals.errors, &totals.storm, server_delta));
+    }
     let report = report::build(scenario, &run_id, &totals, &samples, &outcome)?;
     print!("{}", report::render_table(&report));
     if let Some(path) = &common.json {
         report::write_json(&report, path)?;
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Whether the workers have seen every published message at every joined connection
+/// (by their latest progress).
+fn every_delivery_arrived(workers: &[Worker], log: &PublishLog) -> bool {
+    let joined: u64 = workers.iter().map(|worker| worker.latest.joined).sum();
+    let delivered: u64 = workers.iter().map(|worker| worker.latest.delivered).sum();
+    delivered >= log.published_count() * joined
+}
+
+/// Whether every storm client has resumed or given up (by the workers' latest progress).
+fn every_client_came_back(workers: &[Worker]) -> bool {
+    let (mut away, mut done) = (0, 0);
+    for worker in workers {
+        away += worker.latest.went_away;
+        done += worker.latest.resumed + worker.latest.resume_failed;
+    }
+    done >= away
+}
+
+/// The servers' counters now; `None` (and a warning) when one cannot be read.
+async fn read_counters(addrs: &[std::net::SocketAddr]) -> Option<ServerCounters> {
+    match server_metrics::scrape(addrs).await {
+        Ok(counters) => Some(counters),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the servers' /metrics");
+            None
+        }
+    }
+}
+
+/// Adds the fanout sender's measurements to the totals, and the time to the last
+/// delivery of each message to the histograms; returns the fanout's figures.
+fn absorb_sender(totals: &mut Totals, log: &PublishLog) -> Result<FanoutOutcome, StatsError> {
+    totals.add_measurements(&log.meters.counters(), &log.meters.errors(), &log.meters.encoded_histograms()?)?;
+    let fanout = FanoutOutcome::new(&log.published(), totals.counters.joined, &totals.messages);
+    for &micros in &fanout.last_delivery_us {
+        totals.histograms.record(Metric::LastDelivery, micros);
+    }
+    Ok(fanout)
 }
 
 fn on_event(worker: &mut Worker, event: WorkerEvent) {
@@ -360,14 +529,15 @@ async fn shut_down(workers: &mut [Worker]) {
 }
 
 fn print_progress(
+    scenario: &ScenarioCommand,
     stage: Stage,
     started: Instant,
-    target_connections: u64,
     workers: &[Worker],
+    sender: Option<Counters>,
     previous: (Instant, Counters),
 ) -> (Instant, Counters) {
     let now = Instant::now();
-    let mut total = Counters::default();
+    let mut total = sender.unwrap_or_default();
     let mut errors = 0;
     for worker in workers {
         total.add(&worker.latest);
@@ -375,37 +545,64 @@ fn print_progress(
     }
     let secs = now.duration_since(previous.0).as_secs_f64().max(1e-3);
     let rate = |current: u64, before: u64| current.saturating_sub(before) as f64 / secs;
+    let traffic = match scenario.storm() {
+        // Seeding, then the storm.
+        Some(_) => format!(
+            "away {} seeded {}/{} | resumed {} failed {} retries {}",
+            total.went_away,
+            total.seed_acked,
+            total.seed_sent,
+            total.resumed,
+            total.resume_failed,
+            total.resume_retries
+        ),
+        None => format!(
+            "sent/s {:.0} acked/s {:.0} deliv/s {:.0}",
+            rate(total.sent, previous.1.sent),
+            rate(total.acked, previous.1.acked),
+            rate(total.delivered, previous.1.delivered)
+        ),
+    };
     eprintln!(
-        "[{:>6.1}s] {:<6} conns {}/{} open {} failed {} | sent/s {:.0} acked/s {:.0} deliv/s {:.0} | errors {}",
+        "[{:>6.1}s] {:<6} conns {}/{} open {} failed {} | {traffic} | errors {errors}",
         started.elapsed().as_secs_f64(),
         stage.label(),
         total.synced,
-        target_connections,
+        scenario.common().connections,
         total.open(),
         total.failed,
-        rate(total.sent, previous.1.sent),
-        rate(total.acked, previous.1.acked),
-        rate(total.delivered, previous.1.delivered),
-        errors,
     );
     (now, total)
 }
 
 /// When collecting results gives up: the chat drain plus a grace period.
 fn collect_until(scenario: &ScenarioCommand, deadline: Instant) -> Instant {
+    // A fanout's workers do not drain (the coordinator did before `stop`).
     let drain = scenario.chat().map_or(Duration::ZERO, |chat| chat.drain);
     (Instant::now() + drain + COLLECT_GRACE).min(deadline)
 }
 
-/// Twice the planned ramp plus the timeouts, the duration and the drain, plus slack.
+/// Twice the planned ramp plus the timeouts, the duration and the drain, plus slack. A
+/// fanout has its setup instead of a duration, then its sends, the wait for their
+/// answers, and the drain.
 fn default_deadline(scenario: &ScenarioCommand) -> Duration {
     let common = scenario.common();
-    let drain = scenario.chat().map_or(Duration::ZERO, |chat| chat.drain);
+    let steady = match (scenario.fanout(), scenario.storm()) {
+        (Some(fanout), _) => {
+            common.connect_timeout + common.sync_timeout + SETUP_ALLOWANCE + fanout.send_span() + fanout.drain
+        }
+        // Going away, the seeding, then the storm.
+        (None, Some(storm)) => {
+            let messages = (common.connections * storm.owed) as f64;
+            SETUP_ALLOWANCE + Duration::from_secs_f64(messages / SEED_RATE_FLOOR) + storm.storm_bound()
+        }
+        (None, None) => common.duration,
+    };
     common.ramp_estimate() * 2
         + common.connect_timeout
         + common.sync_timeout
-        + common.duration
-        + drain
+        + steady
+        + scenario.drain()
         + COLLECT_GRACE
         + DEADLINE_SLACK
 }
@@ -444,10 +641,14 @@ mod tests {
 
     #[test]
     fn workers_do_not_get_the_secret_on_their_command_line() {
-        let args: Vec<OsString> =
-            ["chat", "--secret", "s1", "-n", "4", "--secret=s2", "--dev"].iter().map(OsString::from).collect();
-        let kept = without_secret(args);
+        let args: Vec<OsString> = ["chat", "--secret", "s1", "-n", "4", "--secret=s2", "--admin-token", "a1", "--dev"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let kept = without_secrets(args);
         assert_eq!(kept, ["chat", "-n", "4", "--dev"]);
+        let kept = without_secrets(vec![OsString::from("--admin-token=a2"), OsString::from("--secretive")]);
+        assert_eq!(kept, ["--secretive"]);
     }
 
     #[test]
@@ -466,5 +667,26 @@ mod tests {
         .expect("parses");
         // 2 s ramp x2 + 10 s connect + 10 s sync + 10 s + 5 s drain + 10 s + 30 s.
         assert_eq!(default_deadline(&cli.scenario), Duration::from_secs(79));
+    }
+
+    #[test]
+    fn fanout_deadline_covers_setup_sends_and_drains() {
+        let cli = Cli::try_parse_from([
+            "switchboard-load",
+            "fanout",
+            "--dev",
+            "-n",
+            "1000",
+            "--rate",
+            "1000",
+            "--messages",
+            "101",
+            "--msg-rate",
+            "10",
+        ])
+        .expect("parses");
+        // 1 s ramp x2 + 10 s connect + 10 s sync + (10 s + 10 s + 30 s setup + 10 s of
+        // sends + 10 s drain) + 10 s drain + 10 s + 30 s.
+        assert_eq!(default_deadline(&cli.scenario), Duration::from_secs(142));
     }
 }

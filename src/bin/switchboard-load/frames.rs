@@ -9,7 +9,9 @@
 //! - `ref` is `"<n>.<t>"` with `t` the send time in µs on this process's monotonic
 //!   clock; the `ack` echoes it and gives send->ack latency.
 //! - `body` is `{"t": <µs since the Unix epoch>, "p": "<padding>"}`; the receiver
-//!   subtracts `t` from its own wall clock for send->deliver latency.
+//!   subtracts `t` from its own wall clock for send->deliver latency. A fanout body also
+//!   carries the message number, `{"t": .., "n": <number>, "p": ..}`, so every receiver,
+//!   in whatever process, can say when it got which message.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -40,6 +42,39 @@ pub(crate) struct Incoming<'a> {
     /// `synced`: latest seq per conversation.
     #[serde(default)]
     pub(crate) convs: Option<HashMap<String, u64>>,
+    /// `error`: what went wrong, for people.
+    #[serde(default, borrow)]
+    pub(crate) message: Option<Cow<'a, str>>,
+    /// `error`: when to try again (rate limited, unavailable, overloaded).
+    #[serde(default)]
+    pub(crate) retry_after_ms: Option<u64>,
+    /// `hello`: what the server accepts.
+    #[serde(default)]
+    pub(crate) limits: Option<HelloLimits>,
+}
+
+/// The `limits` of `hello` this tool heeds; absent fields take the contract's defaults.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub(crate) struct HelloLimits {
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_list_len: usize,
+}
+
+impl Default for HelloLimits {
+    fn default() -> Self {
+        HelloLimits { max_frame_bytes: 64 * 1024, max_list_len: 1000 }
+    }
+}
+
+/// What a body this tool wrote says about its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) struct Stamp {
+    /// Send time, µs since the Unix epoch.
+    pub(crate) t: u64,
+    /// Message number (fanout bodies only).
+    #[serde(default)]
+    pub(crate) n: Option<u64>,
 }
 
 /// Parses one text frame.
@@ -47,14 +82,11 @@ pub(crate) fn parse(text: &str) -> Result<Incoming<'_>, serde_json::Error> {
     serde_json::from_str(text)
 }
 
-/// The send timestamp (µs since the Unix epoch) in a body this tool wrote, if any.
-pub(crate) fn body_timestamp(body: &RawValue) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct Probe {
-        t: Option<u64>,
-    }
-    // Bodies from other clients may be any JSON value; those simply have no timestamp.
-    serde_json::from_str::<Probe>(body.get()).ok()?.t
+/// The stamp of a body this tool wrote, if it is one.
+pub(crate) fn body_stamp(body: &RawValue) -> Option<Stamp> {
+    // Bodies from other clients (and system messages) may be any JSON value; those
+    // simply have no stamp.
+    serde_json::from_str::<Stamp>(body.get()).ok()
 }
 
 /// Splits a `ref` this tool wrote into (sequence number, monotonic send time in µs).
@@ -63,11 +95,40 @@ pub(crate) fn parse_ref(reference: &str) -> Option<(u64, u64)> {
     Some((n.parse().ok()?, t.parse().ok()?))
 }
 
-/// Padding that makes a body `{"t":<now µs>,"p":"<pad>"}` exactly `body_bytes` long
-/// (as long as `body_bytes` exceeds the ~29 bytes of the unpadded body).
-pub(crate) fn body_padding(body_bytes: usize, now_unix_micros: u64) -> String {
-    let unpadded = format!("{{\"t\":{now_unix_micros},\"p\":\"\"}}").len();
+/// Padding that makes a body `{"t":<now µs>,"p":"<pad>"}` (with `"n":<number>` when
+/// given) exactly `body_bytes` long, as long as `body_bytes` exceeds the ~29 bytes of the
+/// unpadded body. Numbers with fewer digits make a body that much shorter.
+pub(crate) fn body_padding(body_bytes: usize, now_unix_micros: u64, number: Option<u64>) -> String {
+    let unpadded = Body { unix_micros: now_unix_micros, number, padding: "" }.json().len();
     "x".repeat(body_bytes.saturating_sub(unpadded))
+}
+
+/// A message body this tool writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Body<'a> {
+    /// Send time on the wall clock, µs since the Unix epoch.
+    pub(crate) unix_micros: u64,
+    /// Message number (fanout).
+    pub(crate) number: Option<u64>,
+    pub(crate) padding: &'a str,
+}
+
+impl Body<'_> {
+    /// Appends the body's JSON text to `out`.
+    fn write_json(self, out: &mut String) {
+        // Writing to a String cannot fail.
+        let _ = match self.number {
+            Some(n) => write!(out, "{{\"t\":{},\"n\":{n},\"p\":\"{}\"}}", self.unix_micros, self.padding),
+            None => write!(out, "{{\"t\":{},\"p\":\"{}\"}}", self.unix_micros, self.padding),
+        };
+    }
+
+    /// The body's JSON text.
+    pub(crate) fn json(self) -> String {
+        let mut out = String::with_capacity(48 + self.padding.len());
+        self.write_json(&mut out);
+        out
+    }
 }
 
 /// The fields of one `send` frame.
@@ -77,32 +138,64 @@ pub(crate) struct Send<'a> {
     pub(crate) number: u64,
     /// Send time on the monotonic clock, µs.
     pub(crate) mono_micros: u64,
-    /// Send time on the wall clock, µs since the Unix epoch.
-    pub(crate) unix_micros: u64,
     pub(crate) conv: &'a str,
     /// Run id: client message ids are `<run>-<n>`, unique across runs.
     pub(crate) run_id: &'a str,
-    pub(crate) padding: &'a str,
+    pub(crate) body: Body<'a>,
 }
 
 impl Send<'_> {
     /// The frame's JSON text.
     pub(crate) fn json(self) -> String {
-        let mut out = String::with_capacity(96 + self.conv.len() + self.padding.len());
+        let mut out = String::with_capacity(128 + self.conv.len() + self.body.padding.len());
         // Writing to a String cannot fail.
         let _ = write!(
             out,
-            "{{\"type\":\"send\",\"ref\":\"{n}.{mono}\",\"conv\":\"{conv}\",\"cmid\":\"{run}-{n}\",\
-             \"body\":{{\"t\":{unix},\"p\":\"{pad}\"}}}}",
+            "{{\"type\":\"send\",\"ref\":\"{n}.{mono}\",\"conv\":\"{conv}\",\"cmid\":\"{run}-{n}\",\"body\":",
             n = self.number,
             mono = self.mono_micros,
             conv = self.conv,
             run = self.run_id,
-            unix = self.unix_micros,
-            pad = self.padding,
         );
+        self.body.write_json(&mut out);
+        out.push('}');
         out
     }
+}
+
+/// A `group_create` of `members` (user ids, which need no escaping), named `name` (a
+/// name this tool makes, which needs none either).
+pub(crate) fn group_create(reference: &str, name: &str, members: &[String]) -> String {
+    format!(
+        "{{\"type\":\"group_create\",\"ref\":\"{reference}\",\"name\":\"{name}\",\"members\":{}}}",
+        id_list(members)
+    )
+}
+
+/// A `group_add` of `members` to `conv`.
+pub(crate) fn group_add(reference: &str, conv: &str, members: &[String]) -> String {
+    format!("{{\"type\":\"group_add\",\"ref\":\"{reference}\",\"conv\":\"{conv}\",\"members\":{}}}", id_list(members))
+}
+
+/// A `subscribe` to the feed `conv`, from its head.
+pub(crate) fn subscribe(reference: &str, conv: &str) -> String {
+    format!("{{\"type\":\"subscribe\",\"ref\":\"{reference}\",\"conv\":\"{conv}\"}}")
+}
+
+/// A JSON array of ids.
+fn id_list(ids: &[String]) -> String {
+    let mut out = String::with_capacity(2 + ids.iter().map(|id| id.len() + 3).sum::<usize>());
+    out.push('[');
+    for (index, id) in ids.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(id);
+        out.push('"');
+    }
+    out.push(']');
+    out
 }
 
 /// A cumulative `delivered` receipt up to `seq` in `conv`.
@@ -118,14 +211,13 @@ mod tests {
     #[test]
     fn send_frame_is_valid_json_with_the_contract_fields() {
         let now = 1_763_800_000_000_000;
-        let padding = body_padding(100, now);
+        let padding = body_padding(100, now, None);
         let send = Send {
             number: 42,
             mono_micros: 123_456,
-            unix_micros: now,
             conv: "dm:load-u0:load-u1",
             run_id: "r1a2b",
-            padding: &padding,
+            body: Body { unix_micros: now, number: None, padding: &padding },
         };
         let value: Value = serde_json::from_str(&send.json()).expect("valid json");
         assert_eq!(value["type"], "send");
@@ -140,7 +232,40 @@ mod tests {
 
     #[test]
     fn tiny_bodies_are_not_padded() {
-        assert_eq!(body_padding(10, 1_763_800_000_000_000), "");
+        assert_eq!(body_padding(10, 1_763_800_000_000_000, None), "");
+    }
+
+    #[test]
+    fn fanout_bodies_carry_the_number() {
+        let now = 1_763_800_000_000_000;
+        let padding = body_padding(100, now, Some(100));
+        let body = Body { unix_micros: now, number: Some(100), padding: &padding }.json();
+        assert_eq!(body.len(), 100);
+        let raw = RawValue::from_string(body).expect("json");
+        assert_eq!(body_stamp(&raw), Some(Stamp { t: now, n: Some(100) }));
+        let raw = RawValue::from_string(r#"{"event":"created","by":"u"}"#.to_owned()).expect("json");
+        assert_eq!(body_stamp(&raw), None);
+    }
+
+    #[test]
+    fn membership_frames_match_the_contract() {
+        let members = vec!["u0".to_owned(), "u1".to_owned()];
+        let value: Value = serde_json::from_str(&group_create("g1", "load r1", &members)).expect("json");
+        assert_eq!(value, serde_json::json!({"type":"group_create","ref":"g1","name":"load r1","members":["u0","u1"]}));
+        let value: Value = serde_json::from_str(&group_add("g2", "group:x", &members[..1])).expect("json");
+        assert_eq!(value, serde_json::json!({"type":"group_add","ref":"g2","conv":"group:x","members":["u0"]}));
+        let value: Value = serde_json::from_str(&group_add("g3", "group:x", &[])).expect("json");
+        assert_eq!(value["members"], serde_json::json!([]));
+        let value: Value = serde_json::from_str(&subscribe("s", "feed:r1")).expect("json");
+        assert_eq!(value, serde_json::json!({"type":"subscribe","ref":"s","conv":"feed:r1"}));
+    }
+
+    #[test]
+    fn hello_limits_default_when_absent() {
+        let hello = parse(r#"{"type":"hello","limits":{"max_list_len":10,"max_body_bytes":5}}"#).expect("hello");
+        let limits = hello.limits.expect("limits");
+        assert_eq!((limits.max_list_len, limits.max_frame_bytes), (10, 64 * 1024));
+        assert!(parse(r#"{"type":"hello"}"#).expect("hello").limits.is_none());
     }
 
     #[test]
@@ -157,15 +282,15 @@ mod tests {
         )
         .expect("msg");
         assert_eq!(msg.from.as_deref(), Some("a"));
-        assert_eq!(msg.body.and_then(body_timestamp), Some(1_763_800_000_000_000));
+        assert_eq!(msg.body.and_then(body_stamp), Some(Stamp { t: 1_763_800_000_000_000, n: None }));
     }
 
     #[test]
     fn foreign_bodies_have_no_timestamp() {
         let msg = parse(r#"{"type":"msg","conv":"c","seq":1,"body":"hello"}"#).expect("msg");
-        assert_eq!(msg.body.and_then(body_timestamp), None);
+        assert_eq!(msg.body.and_then(body_stamp), None);
         let msg = parse(r#"{"type":"msg","conv":"c","seq":1,"body":{"text":"hi"}}"#).expect("msg");
-        assert_eq!(msg.body.and_then(body_timestamp), None);
+        assert_eq!(msg.body.and_then(body_stamp), None);
     }
 
     #[test]
@@ -175,6 +300,8 @@ mod tests {
         let error =
             parse(r#"{"type":"error","ref":"1.2","code":"rate_limited","message":"slow \"down\""}"#).expect("error");
         assert_eq!(error.code.as_deref(), Some("rate_limited"));
+        let error = parse(r#"{"type":"error","code":"unavailable","retry_after_ms":200}"#).expect("error");
+        assert_eq!(error.retry_after_ms, Some(200));
         assert!(parse(r#"{"no_type":1}"#).is_err());
     }
 

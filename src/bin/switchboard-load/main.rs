@@ -14,6 +14,12 @@
 //!   [`source_addr`], small buffers, [`auth`]), then the [`frames`] of the scenario.
 //! - [`shared`] and [`stats`]: what a worker's sessions share and measure, and how
 //!   workers' results add up (HDR histograms travel in V2 format).
+//! - [`publisher`]: the fanout's one sender, in the coordinator: a group owner's
+//!   connection, or the [`admin_api`] publishing to a feed; [`fanout`] adds up what
+//!   every worker saw of each message.
+//! - [`storm`]: the storm scenario's clients once they went away (reconnect, retry,
+//!   check the replay), its senders ([`storm::seed`]) and its figures
+//!   ([`storm::outcome`]), with the servers' counters from [`server_metrics`].
 //!
 //! # Why several processes
 //!
@@ -23,24 +29,30 @@
 //!
 //! # Non-objectives
 //!
-//! TLS (`wss://`), reconnecting dropped connections, and coordinated-omission
+//! TLS (`wss://`), reconnecting dropped connections (the storm's reconnects are its
+//! measurement, not a recovery), and coordinated-omission
 //! correction (a sender that falls behind skips slots and counts them as `send_lag`).
 
+mod admin_api;
 mod auth;
 mod cli;
 mod connect;
 mod control;
 mod coordinator;
+mod fanout;
 mod frames;
 #[cfg(test)]
 mod mock_server;
 mod plan;
 mod procfs;
+mod publisher;
 mod report;
+mod server_metrics;
 mod session;
 mod shared;
 mod source_addr;
 mod stats;
+mod storm;
 mod worker;
 
 use std::process::ExitCode;

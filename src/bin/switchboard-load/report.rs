@@ -2,9 +2,12 @@
 //! people. Also decides whether the run failed (the exit code).
 //!
 //! A run fails when no connection succeeded, a worker did not report, the hard
-//! deadline cut it short, it was interrupted, or (chat) nothing was delivered or a
-//! conversation showed a gap or an out-of-order seq. Lesser trouble (failed
-//! connections, sync timeouts, a generator that fell behind) is listed as warnings.
+//! deadline cut it short, it was interrupted, or (chat, fanout) nothing was delivered or
+//! a conversation showed a gap or an out-of-order seq, or (fanout) nothing was published,
+//! the sender stopped early or a delivery is missing, or (storm) a client did not
+//! resume, a replay missed an owed message or the seeding did not land. Lesser trouble
+//! (failed connections, sync timeouts, a generator that fell behind, duplicates in
+//! replays) is listed as warnings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,9 +16,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::cli::{ScenarioCommand, ScenarioKind};
+use crate::cli::{FanoutArgs, FanoutKind, ScenarioCommand, ScenarioKind};
+use crate::fanout::FanoutOutcome;
 use crate::procfs::Proc;
 use crate::stats::{Counters, ErrorCounts, LatencySummary, Metric, StatsError, Totals};
+use crate::storm::outcome::StormOutcome;
 
 /// What the coordinator read from the server's procfs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -50,6 +55,12 @@ pub(crate) struct RunOutcome {
     pub(crate) workers_expected: u64,
     pub(crate) deadline_hit: bool,
     pub(crate) interrupted: bool,
+    /// Fanout: the figures of its messages.
+    pub(crate) fanout: Option<FanoutOutcome>,
+    /// Fanout: why its sender stopped before sending everything.
+    pub(crate) sender_error: Option<String>,
+    /// Storm: its figures.
+    pub(crate) storm: Option<StormOutcome>,
 }
 
 /// The machine-readable result (`--json`).
@@ -65,6 +76,10 @@ pub(crate) struct RunReport {
     pub(crate) connections: ConnectionsReport,
     pub(crate) ramp: RampReport,
     pub(crate) steady: SteadyReport,
+    /// Fanout: messages, deliveries, missing ones, deliveries/s.
+    pub(crate) fanout: Option<FanoutOutcome>,
+    /// Storm: resumes, failures and retries, the replays' checks, store reads per resume.
+    pub(crate) storm: Option<StormOutcome>,
     pub(crate) order: OrderReport,
     pub(crate) errors: ErrorCounts,
     /// Latency percentiles in microseconds, by metric.
@@ -89,10 +104,21 @@ pub(crate) struct ReportConfig {
     pub(crate) duration_secs: f64,
     pub(crate) auth: &'static str,
     pub(crate) source_ips: usize,
-    /// Chat: pairs, messages per second per pair, and body size.
+    /// Chat: pairs, messages per second per pair, and body size (fanout too).
     pub(crate) pairs: Option<u64>,
     pub(crate) msg_rate_per_pair: Option<f64>,
     pub(crate) body_bytes: Option<usize>,
+    /// Fanout: group or feed, group members besides the owner, messages, and the time
+    /// between two sends.
+    pub(crate) fanout_kind: Option<&'static str>,
+    pub(crate) members: Option<u64>,
+    pub(crate) messages: Option<u64>,
+    pub(crate) send_period_ms: Option<f64>,
+    /// Storm: messages owed per client, conversations per client, reconnects per second
+    /// (`None`: all at once).
+    pub(crate) owed: Option<u64>,
+    pub(crate) convs: Option<u64>,
+    pub(crate) reconnect_rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,7 +203,11 @@ pub(crate) fn build(
     let common = scenario.common();
     let c = &totals.counters;
     let per_sec = |count: u64, secs: f64| if secs > 0.0 { count as f64 / secs } else { 0.0 };
-    let open = c.connected.saturating_sub(c.dropped);
+    // A storm's clients connect twice; those open at the end are the resumed ones.
+    let open = match scenario.storm() {
+        Some(_) => c.resumed.saturating_sub(c.dropped),
+        None => c.connected.saturating_sub(c.dropped),
+    };
 
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
@@ -197,7 +227,25 @@ pub(crate) fn build(
     if outcome.interrupted {
         failures.push("interrupted".to_owned());
     }
-    if scenario.kind() == ScenarioKind::Chat {
+    if let Some(fanout) = &outcome.fanout {
+        if fanout.published == 0 {
+            failures.push("no message was published".to_owned());
+        }
+        if fanout.missing > 0 {
+            failures.push(format!(
+                "{} of {} deliveries missing ({} of {} messages did not reach every recipient)",
+                fanout.missing, fanout.expected, fanout.incomplete_messages, fanout.published
+            ));
+        }
+    }
+    if let Some(storm) = &outcome.storm {
+        failures.extend(storm.failures());
+        warnings.extend(storm.warnings());
+    }
+    if let Some(kind) = &outcome.sender_error {
+        failures.push(format!("the fanout sender stopped early: {kind}"));
+    }
+    if matches!(scenario.kind(), ScenarioKind::Chat | ScenarioKind::Fanout) {
         if c.delivered == 0 {
             failures.push("no message was delivered".to_owned());
         }
@@ -261,6 +309,8 @@ pub(crate) fn build(
     });
 
     let chat = scenario.chat();
+    let fanout = scenario.fanout();
+    let storm = scenario.storm();
     Ok(RunReport {
         scenario: scenario.kind().as_str(),
         run_id: run_id.to_owned(),
@@ -277,7 +327,14 @@ pub(crate) fn build(
             source_ips: common.source_ips.len(),
             pairs: chat.map(|chat| chat.pairs()),
             msg_rate_per_pair: chat.map(|chat| chat.per_pair_rate()),
-            body_bytes: chat.map(|chat| chat.body_bytes),
+            body_bytes: scenario.traffic().map(|traffic| traffic.body_bytes),
+            fanout_kind: fanout.map(|fanout| fanout.kind.as_str()),
+            members: fanout.filter(|fanout| fanout.kind == FanoutKind::Group).map(FanoutArgs::member_count),
+            messages: fanout.map(|fanout| fanout.messages),
+            send_period_ms: fanout.map(|fanout| fanout.send_period().as_secs_f64() * 1e3),
+            owed: storm.map(|storm| storm.owed),
+            convs: storm.map(|storm| storm.convs),
+            reconnect_rate: storm.and_then(|storm| storm.reconnect_rate),
         },
         workers: WorkersReport { expected: outcome.workers_expected, reported: totals.workers_reported },
         connections: ConnectionsReport {
@@ -299,6 +356,8 @@ pub(crate) fn build(
             acks_per_sec: per_sec(totals.steady.acked, totals.steady.secs),
             deliveries_per_sec: per_sec(totals.steady.delivered, totals.steady.secs),
         },
+        fanout: outcome.fanout.clone(),
+        storm: outcome.storm.clone(),
         order: OrderReport {
             gap_events: c.gap_events,
             missing_seqs: c.missing_seqs,
@@ -343,6 +402,26 @@ pub(crate) fn render_table(report: &RunReport) -> String {
             pairs as f64 * rate
         );
     }
+    if let (Some(kind), Some(messages), Some(period_ms)) = (cfg.fanout_kind, cfg.messages, cfg.send_period_ms) {
+        let audience = match cfg.members {
+            Some(members) => format!("a group of {members} members + its owner"),
+            None => "a feed".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  fanout ({kind}): {audience}, {} connected; {messages} messages {period_ms:.1} ms apart, {}-byte bodies",
+            cfg.connections,
+            cfg.body_bytes.unwrap_or(0)
+        );
+    }
+    if let (Some(owed), Some(convs)) = (cfg.owed, cfg.convs) {
+        let pace = cfg.reconnect_rate.map_or("all at once".to_owned(), |rate| format!("at {rate:.0}/s"));
+        let _ = writeln!(
+            out,
+            "  storm: each client owed {owed} messages in {convs} conversations, {}-byte bodies; reconnects {pace}",
+            cfg.body_bytes.unwrap_or(0)
+        );
+    }
     let conns = &report.connections;
     let _ = writeln!(
         out,
@@ -350,6 +429,26 @@ pub(crate) fn render_table(report: &RunReport) -> String {
         conns.attempted, conns.connected, conns.synced, conns.failed, conns.sync_timeouts, conns.dropped
     );
     let _ = writeln!(out, "ramp         {:.2} s, {:.0} connections/s", report.ramp.secs, report.ramp.connects_per_sec);
+    if let Some(fanout) = &report.fanout {
+        let _ = writeln!(
+            out,
+            "fanout       published {}  recipients {}  deliveries {} of {}  missing {} ({} messages incomplete)",
+            fanout.published,
+            fanout.recipients,
+            fanout.delivered,
+            fanout.expected,
+            fanout.missing,
+            fanout.incomplete_messages
+        );
+        let _ = writeln!(
+            out,
+            "             {:.0} deliveries/s (first send to last delivery: {:.3} s)",
+            fanout.deliveries_per_sec, fanout.span_secs
+        );
+    }
+    if let Some(storm) = &report.storm {
+        storm.render(&mut out);
+    }
     if report.scenario == ScenarioKind::Chat.as_str() {
         let steady = &report.steady;
         let _ = writeln!(
@@ -357,6 +456,8 @@ pub(crate) fn render_table(report: &RunReport) -> String {
             "throughput   sent {:.0}/s  acked {:.0}/s  delivered {:.0}/s  (steady window: {} sent, {} delivered)",
             steady.sends_per_sec, steady.acks_per_sec, steady.deliveries_per_sec, steady.sent, steady.delivered
         );
+    }
+    if report.scenario == ScenarioKind::Chat.as_str() || report.fanout.is_some() {
         let order = &report.order;
         let _ = writeln!(
             out,
@@ -489,6 +590,8 @@ mod tests {
             rss_kib: Some(4096),
             rss_start_kib: Some(2048),
             deadline_hit: false,
+            messages: Vec::new(),
+            storm: None,
         };
         let mut totals = Totals::new().expect("new");
         totals.absorb(&report).expect("absorb");
@@ -550,6 +653,43 @@ mod tests {
         assert!(!report.ok);
         assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
         assert!(render_table(&report).contains("FAILED"));
+    }
+
+    #[test]
+    fn fanout_reports_missing_deliveries_as_a_failure() {
+        use crate::fanout::{MessageDeliveries, MessageTotals, Published};
+        let cli =
+            Cli::try_parse_from(["switchboard-load", "fanout", "--dev", "-n", "3", "--messages", "2"]).expect("parses");
+        let counters = Counters {
+            attempted: 3,
+            connected: 3,
+            synced: 3,
+            joined: 3,
+            sent: 2,
+            acked: 2,
+            delivered: 5,
+            ..Counters::default()
+        };
+        let totals = totals(counters, &[1_000; 5]);
+        let mut messages = MessageTotals::default();
+        messages.absorb(&[
+            MessageDeliveries { n: 1, sent_us: 1_000_000, count: 3, last_us: 1_004_000 },
+            MessageDeliveries { n: 2, sent_us: 1_100_000, count: 2, last_us: 1_102_000 },
+        ]);
+        let published = [Published { n: 1, sent_us: 1_000_000 }, Published { n: 2, sent_us: 1_100_000 }];
+        let fanout = FanoutOutcome::new(&published, 3, &messages);
+        let outcome = RunOutcome { workers_expected: 1, fanout: Some(fanout), ..RunOutcome::default() };
+        let report = build(&cli.scenario, "r1", &totals, &ServerSamples::default(), &outcome).expect("report");
+        assert_eq!(report.failures, ["1 of 6 deliveries missing (1 of 2 messages did not reach every recipient)"]);
+        assert_eq!(report.config.members, Some(3));
+        assert_eq!(report.config.fanout_kind, Some("group"));
+        let table = render_table(&report);
+        assert!(table.contains("fanout (group): a group of 3 members + its owner"), "{table}");
+        assert!(table.contains("deliveries 5 of 6  missing 1"), "{table}");
+        assert!(table.contains("order        gaps 0"), "{table}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["fanout"]["missing"], 1);
+        assert_eq!(json["fanout"]["recipients"], 3);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! timeout, next send, receipt batch). Frames it must write are queued while handling
 //! an event and written together with one flush. What a connection does depends on its
 //! [`Role`]: idle connections only answer, senders send at a fixed rate and time acks,
-//! receivers check per-conversation order, time deliveries and send receipts.
+//! receivers check per-conversation order, time deliveries and send receipts. Fanout
+//! members receive like receivers and also log each message's arrival by its number; a
+//! feed's members first subscribe, and count as settled (and joined) on `subscribed`.
+//! Storm clients idle until the run sends them away, then close and hand over to
+//! [`crate::storm`], with the last seq they saw in each conversation.
 //!
 //! Order check (per connection and conversation): frames before `synced` are replay and
 //! only counted. The baseline is the highest seq seen in replay or announced by
@@ -29,10 +33,13 @@ use crate::shared::{Phase, SessionEnv, duration_micros, stopped};
 use crate::stats::Metric;
 
 /// How long closing may take at the end of a run.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A timer that is not armed (far beyond any run's deadline).
 const UNARMED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The `ref` of a fanout member's `subscribe`.
+const SUBSCRIBE_REF: &str = "subscribe";
 
 /// Runs connection `index` until the run stops or the connection ends. `permit` bounds
 /// connections in progress; it is released once this one has settled.
@@ -87,6 +94,23 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
 
     let mut session = Session::new(Rc::clone(&env), user, role, index, started, permit);
     let end = Box::pin(session.drive(ws, phase_rx)).await;
+    if matches!(end, End::Away)
+        && let Some(storm) = &env.storm
+    {
+        env.meters.count(|c| c.closed += 1);
+        let servers = env.targets.len() as u64;
+        let owed = crate::plan::storm_convs(&env.user_prefix, index, &storm.owed_per_conv, servers)
+            .into_iter()
+            .map(|(conv, owed)| {
+                let baseline = session.convs.iter().find(|view| *view.conv == *conv).and_then(|view| view.last_seq);
+                crate::storm::OwedConv::new(conv, baseline.unwrap_or(0), owed)
+            })
+            .collect();
+        let user = std::mem::take(&mut session.user);
+        drop(session);
+        Box::pin(crate::storm::run(env, index, source, user, owed)).await;
+        return;
+    }
     session.finish(end);
 }
 
@@ -95,6 +119,8 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
 enum End {
     /// The run stopped; we closed.
     Stopped,
+    /// Storm: the run sent the client away; we closed.
+    Away,
     /// The server or the network ended the connection.
     Lost(Cow<'static, str>),
 }
@@ -170,6 +196,7 @@ impl Session {
                 let partner = user_id(&env.user_prefix, index.saturating_sub(1));
                 (None, Some(crate::plan::dm_conv(&partner, &user)))
             }
+            (Role::Member, _) => (None, env.fanout.as_ref().map(|fanout| fanout.conv.clone())),
             _ => (None, None),
         };
         Session {
@@ -201,8 +228,10 @@ impl Session {
         self.enter_phase(initial, &mut send_timer);
 
         let end = loop {
-            if self.phase == Phase::Stop {
-                break End::Stopped;
+            match self.phase {
+                Phase::Stop => break End::Stopped,
+                Phase::Away => break End::Away,
+                Phase::Ramp | Phase::Steady | Phase::Drain => {}
             }
             tokio::select! {
                 changed = phase_rx.changed() => {
@@ -235,7 +264,7 @@ impl Session {
             }
         };
 
-        if matches!(end, End::Stopped) {
+        if matches!(end, End::Stopped | End::Away) {
             // Leave the cursor where we are, so the next run is not replayed old frames.
             self.queue_receipts();
             let close = async {
@@ -297,7 +326,7 @@ impl Session {
                 sender.active = true;
                 send_timer.as_mut().reset(sender.next_due);
             }
-            Phase::Steady | Phase::Ramp => {}
+            Phase::Steady | Phase::Ramp | Phase::Away => {}
             Phase::Drain | Phase::Stop => sender.active = false,
         }
     }
@@ -308,6 +337,7 @@ impl Session {
         };
         let meters = &self.env.meters;
         let (padding, batch) = self.env.chat.as_ref().map_or(("", 1), |chat| (chat.padding.as_str(), chat.batch));
+        let clock = &self.env.clock;
         for queued in 0..batch {
             let inflight = sender.sent.saturating_sub(sender.answered);
             if inflight >= u64::from(sender.max_inflight) {
@@ -317,11 +347,10 @@ impl Session {
             sender.sent += 1;
             let frame = frames::Send {
                 number: sender.sent,
-                mono_micros: self.env.clock.mono_micros(),
-                unix_micros: self.env.clock.unix_micros(),
+                mono_micros: clock.mono_micros(),
                 conv: &sender.conv,
                 run_id: &self.env.run_id,
-                padding,
+                body: frames::Body { unix_micros: clock.unix_micros(), number: None, padding },
             };
             self.outbox.push(frame.json());
             meters.count(|c| c.sent += 1);
@@ -354,6 +383,7 @@ impl Session {
         match frame.kind.as_ref() {
             "hello" => self.on_hello(),
             "synced" => self.on_synced(&frame),
+            "subscribed" => self.on_subscribed(&frame),
             "ack" => self.on_ack(&frame),
             "msg" => self.on_msg(&frame, receipt_timer),
             "error" => self.on_error(&frame),
@@ -369,6 +399,15 @@ impl Session {
     }
 
     fn on_synced(&mut self, frame: &Incoming<'_>) {
+        // A storm client's baselines: the head of every conversation it is in.
+        if self.env.storm.is_some()
+            && let Some(convs) = &frame.convs
+        {
+            for (conv, &latest) in convs {
+                let view = view_mut(&mut self.convs, conv);
+                view.last_seq = Some(view.last_seq.map_or(latest, |seen| seen.max(latest)));
+            }
+        }
         if let (Some(conv), Some(convs)) = (&self.watched_conv, &frame.convs)
             && let Some(&latest) = convs.get(conv.as_str())
         {
@@ -382,7 +421,30 @@ impl Session {
         let elapsed = duration_micros(self.started.elapsed());
         self.env.meters.count(|c| c.synced += 1);
         self.env.meters.record(Metric::Synced, elapsed);
-        self.settle();
+        match &self.env.fanout {
+            // A feed member is ready once subscribed: settled on `subscribed`.
+            Some(fanout) if fanout.subscribe => self.outbox.push(frames::subscribe(SUBSCRIBE_REF, &fanout.conv)),
+            Some(_) => {
+                self.env.meters.count(|c| c.joined += 1);
+                self.settle();
+            }
+            None => self.settle(),
+        }
+    }
+
+    /// A feed member's subscription is in place: from the feed's head on, every message
+    /// must arrive, in order.
+    fn on_subscribed(&mut self, frame: &Incoming<'_>) {
+        let (Some(conv), Some(head)) = (frame.conv.as_deref(), frame.seq) else {
+            self.env.meters.error("frame.subscribed_without_seq");
+            return;
+        };
+        let view = view_mut(&mut self.convs, conv);
+        view.last_seq = Some(view.last_seq.map_or(head, |seen| seen.max(head)));
+        if frame.reference.as_deref() == Some(SUBSCRIBE_REF) && !self.settled {
+            self.env.meters.count(|c| c.joined += 1);
+            self.settle();
+        }
     }
 
     fn on_ack(&mut self, frame: &Incoming<'_>) {
@@ -413,6 +475,10 @@ impl Session {
         });
         if answers_send && let Some(sender) = self.sender.as_mut() {
             sender.answered += 1;
+        }
+        if frame.reference.as_deref() == Some(SUBSCRIBE_REF) {
+            // Not joined; settled, so the ramp does not wait for the sync timeout.
+            self.settle();
         }
     }
 
@@ -454,16 +520,20 @@ impl Session {
                 meters.count(|c| c.own_echo += 1);
             } else {
                 meters.count(|c| c.delivered += 1);
-                if let Some(sent) = frame.body.and_then(frames::body_timestamp) {
-                    let latency = self.env.clock.unix_micros().saturating_sub(sent);
-                    meters.record(Metric::Deliver, latency);
+                if let Some(stamp) = frame.body.and_then(frames::body_stamp) {
+                    let now = self.env.clock.unix_micros();
+                    meters.record(Metric::Deliver, now.saturating_sub(stamp.t));
+                    if let Some(number) = stamp.n
+                        && self.env.fanout.is_some()
+                    {
+                        meters.record_delivery(number, stamp.t, now);
+                    }
                 }
             }
         }
 
-        let interval = self.env.chat.as_ref().map_or(Duration::from_millis(50), |chat| chat.receipt_interval);
         if self.receipt_due.is_none() {
-            let due = Instant::now() + interval;
+            let due = Instant::now() + self.env.receipt_interval;
             self.receipt_due = Some(due);
             receipt_timer.as_mut().reset(due);
         }
@@ -523,9 +593,8 @@ mod tests {
 
     use crate::auth::Auth;
     use crate::cli::ScenarioKind;
-    use crate::connect::Target;
     use crate::mock_server::{self, MockOptions};
-    use crate::shared::{ChatSettings, Clock, Meters};
+    use crate::shared::{ChatSettings, Clock, FanoutSettings, test_env};
     use crate::stats::{Counters, LatencySummary};
 
     struct PairRun {
@@ -536,50 +605,30 @@ mod tests {
         receipts_seen_by_server: u64,
     }
 
-    /// One sender/receiver pair against the mock: ramp, `steady` of sending at
-    /// 100 msg/s, drain, stop.
-    async fn run_pair(options: MockOptions, auth: Auth, steady: Duration) -> PairRun {
-        let server = mock_server::spawn(options, 0).await.expect("mock server");
-        let target = Target::resolve(&server.url()).await.expect("target");
-        let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
-        let meters = Rc::new(Meters::new().expect("meters"));
-        let clock = Clock::new();
-        let env = Rc::new(SessionEnv {
-            scenario: ScenarioKind::Chat,
-            targets: vec![target],
-            auth,
-            user_prefix: "t-u".to_owned(),
-            device: "d".to_owned(),
-            run_id: "rtest".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-            sync_timeout: Duration::from_secs(5),
-            chat: Some(ChatSettings {
-                send_period: Duration::from_millis(10),
-                batch: 1,
-                padding: frames::body_padding(100, clock.unix_micros()),
-                max_inflight: 64,
-                receipt_interval: Duration::from_millis(20),
-                receipts: true,
-            }),
-            clock,
-            meters: Rc::clone(&meters),
-            phase_rx,
-        });
+    /// Connections `0..connections` of `env`: once they have settled, the run goes
+    /// steady until `steady` completes, then drains briefly and stops.
+    async fn run_sessions(
+        env: Rc<SessionEnv>,
+        phase_tx: &watch::Sender<Phase>,
+        connections: u64,
+        steady: impl std::future::Future<Output = ()>,
+    ) {
+        let meters = Rc::clone(&env.meters);
         let connecting = Arc::new(Semaphore::new(4));
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                for index in [0, 1] {
+                for index in 0..connections {
                     let permit = Arc::clone(&connecting).acquire_owned().await.expect("permit");
                     let source = Some(IpAddr::from([127, 0, 0, 2 + index as u8]));
                     tokio::task::spawn_local(run(Rc::clone(&env), index, source, permit));
                 }
                 let until = Instant::now() + Duration::from_secs(5);
-                while meters.counters().settled < 2 && Instant::now() < until {
+                while meters.counters().settled < connections && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 phase_tx.send_replace(Phase::Steady);
-                tokio::time::sleep(steady).await;
+                steady.await;
                 phase_tx.send_replace(Phase::Drain);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 phase_tx.send_replace(Phase::Stop);
@@ -589,6 +638,23 @@ mod tests {
                 }
             })
             .await;
+    }
+
+    /// One sender/receiver pair against the mock: ramp, `steady` of sending at
+    /// 100 msg/s, drain, stop.
+    async fn run_pair(options: MockOptions, auth: Auth, steady: Duration) -> PairRun {
+        let server = mock_server::spawn(options, 0).await.expect("mock server");
+        let clock = Clock::new();
+        let chat = ChatSettings {
+            send_period: Duration::from_millis(10),
+            batch: 1,
+            padding: frames::body_padding(100, clock.unix_micros(), None),
+            max_inflight: 64,
+            receipts: true,
+        };
+        let (env, phase_tx) = test_env(&server.url(), auth, ScenarioKind::Chat, Some(chat), None, None).await;
+        let meters = Rc::clone(&env.meters);
+        run_sessions(env, &phase_tx, 2, tokio::time::sleep(steady)).await;
         // Let the mock count the last receipts.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let hists = meters.encoded_histograms().expect("encode");
@@ -618,6 +684,38 @@ mod tests {
         assert_eq!(run.deliver.count, c.delivered);
         assert!(run.deliver.max < 1_000_000, "{:?}", run.deliver);
         assert!(c.receipts_sent > 0 && run.receipts_seen_by_server == c.receipts_sent, "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn feed_members_subscribe_and_log_each_message() {
+        let server = mock_server::spawn(MockOptions::default(), 0).await.expect("mock server");
+        let conv = "feed:rtest";
+        let fanout = FanoutSettings { conv: conv.to_owned(), subscribe: true };
+        let (env, phase_tx) =
+            test_env(&server.url(), Auth::dev(), ScenarioKind::Fanout, None, Some(fanout), None).await;
+        let meters = Rc::clone(&env.meters);
+        // Published before anyone subscribed: the subscriptions start after it.
+        server.publish(conv, r#"{"text":"before"}"#);
+        let clock = Clock::new();
+        let publish = async {
+            for n in 1..=5 {
+                let body = frames::Body { unix_micros: clock.unix_micros(), number: Some(n), padding: "" }.json();
+                server.publish(conv, &body);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        run_sessions(env, &phase_tx, 3, publish).await;
+
+        let c = meters.counters();
+        assert_eq!((c.synced, c.joined, c.settled, c.failed), (3, 3, 3, 0), "{c:?}");
+        assert_eq!(c.delivered, 15, "{c:?}");
+        assert_eq!((c.out_of_order, c.gap_events, c.replayed), (0, 0, 0), "{c:?}");
+        assert!(c.receipts_sent >= 3, "{c:?}");
+        let messages = meters.message_deliveries();
+        assert_eq!(messages.iter().map(|m| m.n).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert!(messages.iter().all(|m| m.count == 3 && m.last_us >= m.sent_us), "{messages:?}");
+        assert!(meters.errors().iter().next().is_none(), "{:?}", meters.errors());
     }
 
     #[tokio::test]

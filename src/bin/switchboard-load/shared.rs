@@ -15,13 +15,17 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::cli::ScenarioKind;
 use crate::connect::Target;
+use crate::fanout::{DeliveryLog, MessageDeliveries};
 use crate::stats::{Counters, ErrorCounts, Histograms, Metric, StatsError};
+use crate::storm::StormSettings;
 
 /// Phase of the run, broadcast to every session through a `watch` channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Phase {
     /// Connections are being opened.
     Ramp,
+    /// Storm: every client closes and waits, while it is sent what it will be owed.
+    Away,
     /// Every worker is up: hold idle, or send.
     Steady,
     /// Senders stop; outstanding acks and deliveries are awaited.
@@ -70,6 +74,8 @@ pub(crate) struct Meters {
     counters: RefCell<Counters>,
     errors: RefCell<ErrorCounts>,
     histograms: RefCell<Histograms>,
+    /// Fanout: deliveries by message number.
+    deliveries: RefCell<DeliveryLog>,
     /// Session tasks still running (not reported; used to wait for them at the end).
     live_sessions: Cell<u64>,
 }
@@ -80,6 +86,7 @@ impl Meters {
             counters: RefCell::new(Counters::default()),
             errors: RefCell::new(ErrorCounts::default()),
             histograms: RefCell::new(Histograms::new()?),
+            deliveries: RefCell::new(DeliveryLog::default()),
             live_sessions: Cell::new(0),
         })
     }
@@ -97,6 +104,17 @@ impl Meters {
     /// Records one latency in microseconds.
     pub(crate) fn record(&self, metric: Metric, micros: u64) {
         self.histograms.borrow_mut().record(metric, micros);
+    }
+
+    /// Counts one delivery of fanout message `n`, sent at `sent_us`, here at `arrived_us`
+    /// (µs since the Unix epoch).
+    pub(crate) fn record_delivery(&self, n: u64, sent_us: u64, arrived_us: u64) {
+        self.deliveries.borrow_mut().record(n, sent_us, arrived_us);
+    }
+
+    /// Fanout: what this worker received of each message.
+    pub(crate) fn message_deliveries(&self) -> Vec<MessageDeliveries> {
+        self.deliveries.borrow().delivered()
     }
 
     /// A copy of the counters.
@@ -155,10 +173,17 @@ pub(crate) struct ChatSettings {
     pub(crate) padding: String,
     /// Most unacknowledged sends per sender.
     pub(crate) max_inflight: u32,
-    /// How long receipts are batched.
-    pub(crate) receipt_interval: Duration,
     /// Whether receivers send receipts at all.
     pub(crate) receipts: bool,
+}
+
+/// Settings of the fanout scenario a session needs.
+#[derive(Debug, Clone)]
+pub(crate) struct FanoutSettings {
+    /// The group or feed every connection receives from.
+    pub(crate) conv: String,
+    /// Subscribe to `conv` once synced (a feed); a group member is in it already.
+    pub(crate) subscribe: bool,
 }
 
 /// Everything a session reads; one per worker, shared by reference count.
@@ -175,6 +200,10 @@ pub(crate) struct SessionEnv {
     pub(crate) connect_timeout: Duration,
     pub(crate) sync_timeout: Duration,
     pub(crate) chat: Option<ChatSettings>,
+    pub(crate) fanout: Option<FanoutSettings>,
+    pub(crate) storm: Option<StormSettings>,
+    /// How long a receiver batches its `delivered` receipts.
+    pub(crate) receipt_interval: Duration,
     pub(crate) clock: Clock,
     pub(crate) meters: std::rc::Rc<Meters>,
     pub(crate) phase_rx: watch::Receiver<Phase>,
@@ -185,6 +214,38 @@ impl SessionEnv {
     pub(crate) fn target(&self, index: u64) -> &Target {
         &self.targets[(index % self.targets.len() as u64) as usize]
     }
+}
+
+/// The environment of a test's sessions against `url`: user prefix `t-u`, device `d`,
+/// 5 s timeouts, receipts after 20 ms.
+#[cfg(test)]
+pub(crate) async fn test_env(
+    url: &str,
+    auth: Auth,
+    scenario: ScenarioKind,
+    chat: Option<ChatSettings>,
+    fanout: Option<FanoutSettings>,
+    storm: Option<StormSettings>,
+) -> (std::rc::Rc<SessionEnv>, watch::Sender<Phase>) {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
+    let env = std::rc::Rc::new(SessionEnv {
+        scenario,
+        targets: vec![Target::resolve(url).await.expect("target")],
+        auth,
+        user_prefix: "t-u".to_owned(),
+        device: "d".to_owned(),
+        run_id: "rtest".to_owned(),
+        connect_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(5),
+        chat,
+        fanout,
+        storm,
+        receipt_interval: Duration::from_millis(20),
+        clock: Clock::new(),
+        meters: std::rc::Rc::new(Meters::new().expect("meters")),
+        phase_rx,
+    });
+    (env, phase_tx)
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::fanout::{MessageDeliveries, MessageTotals};
+use crate::storm::outcome::StormWorkerFigures;
+
 /// Largest latency a histogram holds exactly: 10 minutes in microseconds. Larger values
 /// are clamped to it.
 const HIST_MAX_MICROS: u64 = 600_000_000;
@@ -47,6 +50,9 @@ counters! {
     hellos,
     /// Connections that received `synced`.
     synced,
+    /// Fanout: connections ready to receive (synced group members, or subscribed to the
+    /// feed).
+    joined,
     /// Connections that failed before being synced (connect error, rejected upgrade,
     /// closed early).
     failed,
@@ -96,6 +102,33 @@ counters! {
     frames_in,
     /// Frames written.
     frames_out,
+    /// Storm: clients that went away (closed after syncing) to come back in the storm.
+    went_away,
+    /// Storm: clients that got `synced` again in the storm.
+    resumed,
+    /// Storm: clients that gave up (or were stopped) before resuming.
+    resume_failed,
+    /// Storm: failed attempts that were retried.
+    resume_retries,
+    /// Storm: messages the resumes replayed (each once).
+    resume_replayed,
+    /// Storm: replayed messages at or below a seq already replayed in their conversation.
+    resume_duplicates,
+    /// Storm: owed seqs missing from the replays.
+    resume_missing,
+    /// Storm: conversations whose replay had a gap.
+    resume_gap_convs,
+    /// Storm: conversations whose head after the storm was not the client's baseline
+    /// plus what it was sent.
+    owed_mismatch,
+    /// Storm: conversations in a resume's `synced` besides the client's owed ones.
+    resume_extra_convs,
+    /// Storm: the senders' `send` frames written (retries included).
+    seed_sent,
+    /// Storm: the senders' sends acknowledged.
+    seed_acked,
+    /// Storm: the senders' sends refused for good, or never answered.
+    seed_refused,
 }
 
 impl Counters {
@@ -118,11 +151,24 @@ pub(crate) enum Metric {
     Ack,
     /// Send timestamp in the body to `msg` received at the other member.
     Deliver,
+    /// Fanout, per message: send timestamp to its last delivery over all receivers
+    /// (recorded by the coordinator from the workers' per-message reports).
+    LastDelivery,
+    /// Storm: a client's first reconnect attempt to its `synced`, retries included.
+    Resume,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub(crate) const ALL: [Metric; 5] = [Metric::Connect, Metric::Hello, Metric::Synced, Metric::Ack, Metric::Deliver];
+    pub(crate) const ALL: [Metric; 7] = [
+        Metric::Connect,
+        Metric::Hello,
+        Metric::Synced,
+        Metric::Ack,
+        Metric::Deliver,
+        Metric::LastDelivery,
+        Metric::Resume,
+    ];
 
     /// Name used in the JSON result.
     pub(crate) fn name(self) -> &'static str {
@@ -132,6 +178,8 @@ impl Metric {
             Metric::Synced => "synced",
             Metric::Ack => "ack",
             Metric::Deliver => "deliver",
+            Metric::LastDelivery => "last_delivery",
+            Metric::Resume => "resume",
         }
     }
 
@@ -143,6 +191,8 @@ impl Metric {
             Metric::Synced => "connect -> synced",
             Metric::Ack => "send -> ack",
             Metric::Deliver => "send -> deliver",
+            Metric::LastDelivery => "send -> last member",
+            Metric::Resume => "storm: resume",
         }
     }
 
@@ -153,6 +203,8 @@ impl Metric {
             Metric::Synced => 2,
             Metric::Ack => 3,
             Metric::Deliver => 4,
+            Metric::LastDelivery => 5,
+            Metric::Resume => 6,
         }
     }
 }
@@ -175,7 +227,7 @@ pub(crate) enum StatsError {
 /// One latency histogram per [`Metric`], in microseconds.
 #[derive(Debug, Clone)]
 pub(crate) struct Histograms {
-    hists: [Histogram<u64>; 5],
+    hists: [Histogram<u64>; Metric::ALL.len()],
 }
 
 impl Histograms {
@@ -187,7 +239,7 @@ impl Histograms {
             hist.auto(true);
             Ok(hist)
         };
-        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?] })
+        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?, make()?] })
     }
 
     /// Records one latency, clamped to the histogram's range.
@@ -323,6 +375,12 @@ pub(crate) struct WorkerReport {
     pub(crate) rss_start_kib: Option<u64>,
     /// Whether the worker stopped because the run's deadline passed.
     pub(crate) deadline_hit: bool,
+    /// Fanout: what the worker's connections received of each message.
+    #[serde(default)]
+    pub(crate) messages: Vec<MessageDeliveries>,
+    /// Storm: when it started and ended at this worker, and its seeding.
+    #[serde(default)]
+    pub(crate) storm: Option<StormWorkerFigures>,
 }
 
 /// Everything the workers reported, added up.
@@ -340,6 +398,10 @@ pub(crate) struct Totals {
     pub(crate) rss_kib: u64,
     pub(crate) rss_start_kib: u64,
     pub(crate) deadline_hit: bool,
+    /// Fanout: deliveries by message.
+    pub(crate) messages: MessageTotals,
+    /// Storm: the earliest `go`, the latest resume, the senders and the longest seeding.
+    pub(crate) storm: StormWorkerFigures,
 }
 
 impl Totals {
@@ -356,15 +418,16 @@ impl Totals {
             rss_kib: 0,
             rss_start_kib: 0,
             deadline_hit: false,
+            messages: MessageTotals::default(),
+            storm: StormWorkerFigures::default(),
         })
     }
 
     /// Adds one worker's report.
     pub(crate) fn absorb(&mut self, report: &WorkerReport) -> Result<(), StatsError> {
-        self.histograms.add_encoded(&report.histograms)?;
+        self.add_measurements(&report.counters, &report.errors, &report.histograms)?;
         self.workers_reported += 1;
-        self.counters.add(&report.counters);
-        self.errors.add(&report.errors);
+        self.messages.absorb(&report.messages);
         self.ramp_secs = self.ramp_secs.max(report.ramp_secs);
         self.steady.secs = self.steady.secs.max(report.steady.secs);
         self.steady.sent += report.steady.sent;
@@ -374,6 +437,23 @@ impl Totals {
         self.rss_kib += report.rss_kib.unwrap_or(0);
         self.rss_start_kib += report.rss_start_kib.unwrap_or(0);
         self.deadline_hit |= report.deadline_hit;
+        if let Some(storm) = &report.storm {
+            self.storm.absorb(storm);
+        }
+        Ok(())
+    }
+
+    /// Adds counts, errors and histograms measured outside the workers (the fanout's
+    /// sender, in the coordinator).
+    pub(crate) fn add_measurements(
+        &mut self,
+        counters: &Counters,
+        errors: &ErrorCounts,
+        histograms: &BTreeMap<String, String>,
+    ) -> Result<(), StatsError> {
+        self.histograms.add_encoded(histograms)?;
+        self.counters.add(counters);
+        self.errors.add(errors);
         Ok(())
     }
 }
@@ -433,6 +513,8 @@ mod tests {
             rss_kib: Some(1000),
             rss_start_kib: Some(400),
             deadline_hit: false,
+            messages: vec![MessageDeliveries { n: 1, sent_us: 10, count: 3, last_us: 20 + index }],
+            storm: None,
         }
     }
 
@@ -502,6 +584,7 @@ mod tests {
         assert_eq!(totals.steady.delivered, 196);
         assert_eq!(totals.rss_kib, 2000);
         assert_eq!(totals.rss_start_kib, 800);
+        assert_eq!(totals.messages.get(1), Some(&MessageDeliveries { n: 1, sent_us: 10, count: 6, last_us: 21 }));
         let deliver = LatencySummary::of(totals.histograms.get(Metric::Deliver));
         assert_eq!(deliver.count, 100);
         assert!((999..=1_001).contains(&deliver.p50), "{deliver:?}");

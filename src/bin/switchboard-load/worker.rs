@@ -6,10 +6,12 @@
 //!
 //! 1. Ramp: connect at the planned rate, at most `--max-connecting` in progress. When
 //!    every connection has settled (synced, failed, or past the sync timeout) it says
-//!    `ready`.
-//! 2. Steady, on `go`: hold (idle) or send (chat).
+//!    `ready`. A storm worker first sends its clients away (they close), then runs its
+//!    senders ([`crate::storm::seed`]), and says `ready` once they are done.
+//! 2. Steady, on `go`: hold (idle), send (chat), receive what the coordinator's
+//!    fanout sender sends, or (storm) reconnect and resume.
 //! 3. Drain, on `stop` (chat only): senders stop; wait for outstanding acks and
-//!    deliveries, at most `--drain`.
+//!    deliveries, at most `--drain`. (A fanout's coordinator drains before `stop`.)
 //! 4. Stop: every session sends its last receipts and closes (bounded), then the
 //!    worker writes its `result` and exits.
 //!
@@ -27,16 +29,18 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until};
 
 use crate::auth::Auth;
-use crate::cli::ScenarioCommand;
+use crate::cli::{FanoutKind, ScenarioCommand};
 use crate::connect::Target;
 use crate::control::{Command, WorkerEvent};
 use crate::frames;
 use crate::plan::WorkerPlan;
 use crate::procfs::Proc;
 use crate::session;
-use crate::shared::{ChatSettings, Clock, Meters, Phase, SessionEnv, stopped};
+use crate::shared::{ChatSettings, Clock, FanoutSettings, Meters, Phase, SessionEnv, stopped};
 use crate::source_addr::SourceCursor;
 use crate::stats::{SteadyWindow, WorkerReport};
+use crate::storm::StormSettings;
+use crate::storm::outcome::StormWorkerFigures;
 
 /// The worker stops this long before the run's deadline, so its result reaches the
 /// coordinator before the coordinator gives up on it.
@@ -44,6 +48,12 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 
 /// Longest wait for sessions to close at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an idle connection batches receipts for what it is sent anyway.
+const IDLE_RECEIPT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Storm senders one worker runs at once.
+const STORM_SENDERS_AT_ONCE: usize = 32;
 
 /// Exit code when the coordinator went away (stdin closed).
 const EXIT_ORPHANED: u8 = 3;
@@ -66,6 +76,10 @@ pub(crate) fn run(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exit
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Ramping,
+    /// Storm: the clients are closing.
+    Away,
+    /// Storm: the senders are sending.
+    Seeding,
     Ready,
     Steady,
     Draining,
@@ -81,24 +95,38 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
     for url in common.url.split(',') {
         targets.push(Target::resolve(url.trim()).await?);
     }
-    let auth = match (&common.secret, common.dev) {
-        (_, true) => Auth::dev(),
-        (Some(secret), false) => {
-            // Tokens outlive the run: its deadline plus an hour.
-            let ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(3600);
-            Auth::hs256(secret, common.token_in_query, ttl)
-        }
-        (None, false) => bail!("no auth configured"),
-    };
+    // Tokens outlive the run: its deadline plus an hour.
+    let token_ttl = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(3600);
+    let Some(auth) = Auth::from_args(common, token_ttl) else { bail!("no auth configured") };
     let clock = Clock::new();
     let chat = scenario.chat().map(|chat| ChatSettings {
         send_period: chat.send_period(),
         batch: chat.batch,
-        padding: frames::body_padding(chat.body_bytes, clock.unix_micros()),
+        padding: frames::body_padding(chat.traffic.body_bytes, clock.unix_micros(), None),
         max_inflight: chat.max_inflight,
-        receipt_interval: chat.receipt_interval,
         receipts: !chat.no_receipts,
     });
+    let fanout = match scenario.fanout() {
+        Some(fanout) => Some(FanoutSettings {
+            conv: fanout.conv.clone().context("a fanout worker needs the --conv its coordinator set up")?,
+            subscribe: fanout.kind == FanoutKind::Feed,
+        }),
+        None => None,
+    };
+    let storm = scenario.storm().map(|storm| StormSettings {
+        owed_per_conv: storm.owed_per_conv(),
+        // This worker's share of the reconnect rate.
+        reconnect_period: storm.reconnect_rate.map(|rate| Duration::from_secs_f64(1.0 / (rate * plan.share))),
+        first_index: plan.connections.start,
+        retry_base: storm.retry_base,
+        retry_max: storm.retry_max,
+        timeout: storm.storm_timeout,
+        receipts_during: storm.storm_receipts,
+        padding: frames::body_padding(storm.traffic.body_bytes, clock.unix_micros(), None),
+        last_resumed_us: std::cell::Cell::new(0),
+    });
+    // Chat workers drain themselves; a fanout is drained by its coordinator, which knows
+    // what was sent.
     let drain_limit = scenario.chat().map_or(Duration::ZERO, |chat| chat.drain);
 
     let meters = Rc::new(Meters::new()?);
@@ -113,6 +141,9 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         connect_timeout: common.connect_timeout,
         sync_timeout: common.sync_timeout,
         chat,
+        fanout,
+        storm,
+        receipt_interval: scenario.traffic().map_or(IDLE_RECEIPT_INTERVAL, |traffic| traffic.receipt_interval),
         clock,
         meters: Rc::clone(&meters),
         phase_rx,
@@ -149,6 +180,9 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
     let mut steady = SteadyWindow::default();
     let mut rss_kib = None;
     let mut drain_until = None;
+    let mut storm_figures = scenario.storm().map(|_| StormWorkerFigures::default());
+    let mut seeding_started = ramp_started;
+    let seeding_done = Rc::new(std::cell::Cell::new(false));
     let deadline_timer = sleep_until(deadline);
     tokio::pin!(deadline_timer);
 
@@ -161,6 +195,9 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
             }
             command = commands_rx.recv() => match command {
                 Some(Command::Go) if matches!(stage, Stage::Ramping | Stage::Ready) => {
+                    if let Some(figures) = storm_figures.as_mut() {
+                        figures.go_unix_us = env.clock.unix_micros();
+                    }
                     steady_at_go = meters.counters();
                     steady_started = Some(Instant::now());
                     phase_tx.send_replace(Phase::Steady);
@@ -200,10 +237,51 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
             }
             _ = check_tick.tick() => {
                 let counters = meters.counters();
-                if stage == Stage::Ramping && ramp_done.get() && counters.settled >= counters.attempted {
-                    let secs = ramp_started.elapsed().as_secs_f64();
-                    ramp_secs = Some(secs);
+                let ready = match stage {
+                    Stage::Ramping if ramp_done.get() && counters.settled >= counters.attempted => {
+                        ramp_secs = Some(ramp_started.elapsed().as_secs_f64());
+                        if env.storm.is_some() {
+                            phase_tx.send_replace(Phase::Away);
+                            stage = Stage::Away;
+                        }
+                        env.storm.is_none()
+                    }
+                    // Every live session is a client waiting to come back.
+                    Stage::Away if counters.went_away >= meters.live_sessions() => {
+                        let senders = match scenario.storm() {
+                            Some(storm) => crate::plan::storm_senders(
+                                &common.user_prefix,
+                                plan.connections.clone(),
+                                &storm.owed_per_conv(),
+                                env.targets.len() as u64,
+                            ),
+                            None => Vec::new(),
+                        };
+                        if let Some(figures) = storm_figures.as_mut() {
+                            figures.senders = senders.len() as u64;
+                        }
+                        seeding_started = Instant::now();
+                        tokio::task::spawn_local(seed_then_flag(
+                            Rc::clone(&env),
+                            senders,
+                            format!("seed{index}"),
+                            deadline,
+                            Rc::clone(&seeding_done),
+                        ));
+                        stage = Stage::Seeding;
+                        false
+                    }
+                    Stage::Seeding if seeding_done.get() => {
+                        if let Some(figures) = storm_figures.as_mut() {
+                            figures.seed_secs = seeding_started.elapsed().as_secs_f64();
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if ready {
                     stage = Stage::Ready;
+                    let secs = ramp_secs.unwrap_or_default();
                     let event = WorkerEvent::Ready { counters, errors: meters.error_total(), ramp_secs: secs };
                     if emit(&event).is_err() {
                         return Ok(ExitCode::from(EXIT_ORPHANED));
@@ -240,9 +318,26 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         rss_kib,
         rss_start_kib,
         deadline_hit,
+        messages: meters.message_deliveries(),
+        storm: storm_figures.map(|figures| StormWorkerFigures {
+            last_resumed_unix_us: env.storm.as_ref().map_or(0, |storm| storm.last_resumed_us.get()),
+            ..figures
+        }),
     };
     emit(&WorkerEvent::Result(Box::new(report))).context("cannot write the result")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the storm's senders, then raises `done`.
+async fn seed_then_flag(
+    env: Rc<SessionEnv>,
+    senders: Vec<crate::plan::StormSender>,
+    device: String,
+    deadline: Instant,
+    done: Rc<std::cell::Cell<bool>>,
+) {
+    crate::storm::seed::run_all(env, senders, device, STORM_SENDERS_AT_ONCE, deadline).await;
+    done.set(true);
 }
 
 /// Opens the worker's connections at its rate until all are started or the run stops.
