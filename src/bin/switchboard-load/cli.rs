@@ -57,6 +57,11 @@ pub(crate) enum ScenarioCommand {
     /// until every client has resumed, resume latency, failed and retried attempts, gaps
     /// and duplicates in the replays, and the store reads per resume (from /metrics).
     Storm(StormArgs),
+    /// N connections connect and sync, then each closes and reconnects (same user and
+    /// device, so it resumes) once per N / --churn-rate seconds, spread evenly: the
+    /// disconnects and reconnects per second the server sustains, reconnect->synced
+    /// latency, failures, and (with --server-pid) whether its memory returns.
+    Churn(ChurnArgs),
 }
 
 impl ScenarioCommand {
@@ -67,6 +72,7 @@ impl ScenarioCommand {
             ScenarioCommand::Chat(args) => &args.common,
             ScenarioCommand::Fanout(args) => &args.common,
             ScenarioCommand::Storm(args) => &args.common,
+            ScenarioCommand::Churn(args) => &args.common,
         }
     }
 
@@ -77,6 +83,7 @@ impl ScenarioCommand {
             ScenarioCommand::Chat(_) => ScenarioKind::Chat,
             ScenarioCommand::Fanout(_) => ScenarioKind::Fanout,
             ScenarioCommand::Storm(_) => ScenarioKind::Storm,
+            ScenarioCommand::Churn(_) => ScenarioKind::Churn,
         }
     }
 
@@ -84,7 +91,10 @@ impl ScenarioCommand {
     pub(crate) fn chat(&self) -> Option<&ChatArgs> {
         match self {
             ScenarioCommand::Chat(args) => Some(args),
-            ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) | ScenarioCommand::Storm(_) => None,
+            ScenarioCommand::Idle(_)
+            | ScenarioCommand::Fanout(_)
+            | ScenarioCommand::Storm(_)
+            | ScenarioCommand::Churn(_) => None,
         }
     }
 
@@ -92,7 +102,10 @@ impl ScenarioCommand {
     pub(crate) fn fanout(&self) -> Option<&FanoutArgs> {
         match self {
             ScenarioCommand::Fanout(args) => Some(args),
-            ScenarioCommand::Idle(_) | ScenarioCommand::Chat(_) | ScenarioCommand::Storm(_) => None,
+            ScenarioCommand::Idle(_)
+            | ScenarioCommand::Chat(_)
+            | ScenarioCommand::Storm(_)
+            | ScenarioCommand::Churn(_) => None,
         }
     }
 
@@ -100,14 +113,28 @@ impl ScenarioCommand {
     pub(crate) fn storm(&self) -> Option<&StormArgs> {
         match self {
             ScenarioCommand::Storm(args) => Some(args),
-            ScenarioCommand::Idle(_) | ScenarioCommand::Chat(_) | ScenarioCommand::Fanout(_) => None,
+            ScenarioCommand::Idle(_)
+            | ScenarioCommand::Chat(_)
+            | ScenarioCommand::Fanout(_)
+            | ScenarioCommand::Churn(_) => None,
+        }
+    }
+
+    /// The churn flags, if this is the churn scenario.
+    pub(crate) fn churn(&self) -> Option<&ChurnArgs> {
+        match self {
+            ScenarioCommand::Churn(args) => Some(args),
+            ScenarioCommand::Idle(_)
+            | ScenarioCommand::Chat(_)
+            | ScenarioCommand::Fanout(_)
+            | ScenarioCommand::Storm(_) => None,
         }
     }
 
     /// The message flags, if this scenario sends messages.
     pub(crate) fn traffic(&self) -> Option<&TrafficArgs> {
         match self {
-            ScenarioCommand::Idle(_) => None,
+            ScenarioCommand::Idle(_) | ScenarioCommand::Churn(_) => None,
             ScenarioCommand::Chat(args) => Some(&args.traffic),
             ScenarioCommand::Fanout(args) => Some(&args.traffic),
             ScenarioCommand::Storm(args) => Some(&args.traffic),
@@ -117,7 +144,7 @@ impl ScenarioCommand {
     /// How long the run waits, after its last send, for what is still on its way.
     pub(crate) fn drain(&self) -> Duration {
         match self {
-            ScenarioCommand::Idle(_) | ScenarioCommand::Storm(_) => Duration::ZERO,
+            ScenarioCommand::Idle(_) | ScenarioCommand::Storm(_) | ScenarioCommand::Churn(_) => Duration::ZERO,
             ScenarioCommand::Chat(args) => args.drain,
             ScenarioCommand::Fanout(args) => args.drain,
         }
@@ -132,6 +159,7 @@ pub(crate) enum ScenarioKind {
     Chat,
     Fanout,
     Storm,
+    Churn,
 }
 
 impl ScenarioKind {
@@ -141,6 +169,7 @@ impl ScenarioKind {
             ScenarioKind::Chat => "chat",
             ScenarioKind::Fanout => "fanout",
             ScenarioKind::Storm => "storm",
+            ScenarioKind::Churn => "churn",
         }
     }
 }
@@ -150,6 +179,26 @@ impl ScenarioKind {
 pub(crate) struct IdleArgs {
     #[command(flatten)]
     pub(crate) common: CommonArgs,
+}
+
+/// Flags of the `churn` scenario.
+#[derive(Debug, Args)]
+pub(crate) struct ChurnArgs {
+    #[command(flatten)]
+    pub(crate) common: CommonArgs,
+
+    /// Disconnects per second over all processes during the steady phase, each followed
+    /// at once by that connection's reconnect: every connection cycles once per
+    /// -n / --churn-rate seconds, the connections' turns spread evenly over that period.
+    #[arg(long, default_value_t = 500.0)]
+    pub(crate) churn_rate: f64,
+}
+
+impl ChurnArgs {
+    /// How long one connection stays up between two cycles.
+    pub(crate) fn period(&self) -> Duration {
+        Duration::from_secs_f64(self.common.connections as f64 / self.churn_rate)
+    }
 }
 
 /// Flags of the scenarios that send messages: what a message is like, and how its
@@ -558,7 +607,10 @@ pub(crate) fn validate(scenario: &ScenarioCommand) -> Result<(), String> {
     let processes = common.process_count();
     // Chat keeps both members of a pair in one process, so it slices pairs.
     let (units, sockets_per_unit) = match scenario {
-        ScenarioCommand::Idle(_) | ScenarioCommand::Fanout(_) | ScenarioCommand::Storm(_) => (common.connections, 1),
+        ScenarioCommand::Idle(_)
+        | ScenarioCommand::Fanout(_)
+        | ScenarioCommand::Storm(_)
+        | ScenarioCommand::Churn(_) => (common.connections, 1),
         ScenarioCommand::Chat(chat) => (chat.pairs(), 2),
     };
     let largest_slice = units.div_ceil(processes) * sockets_per_unit;
@@ -599,6 +651,14 @@ pub(crate) fn validate(scenario: &ScenarioCommand) -> Result<(), String> {
     }
     if let ScenarioCommand::Storm(storm) = scenario {
         validate_storm(storm, &mut problems);
+    }
+    if let ScenarioCommand::Churn(churn) = scenario
+        && !(churn.churn_rate.is_finite() && churn.churn_rate > 0.0 && churn.period() >= Duration::from_millis(10))
+    {
+        problems.push(format!(
+            "--churn-rate must be positive and at most 100 x -n per second (each connection up at least 10 ms), got {}",
+            churn.churn_rate
+        ));
     }
 
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }

@@ -110,6 +110,8 @@ pub(crate) fn role(scenario: ScenarioKind, prefix: &str, index: u64) -> Role {
         ScenarioKind::Fanout => Role::Member,
         // Storm clients idle until they go away; `crate::storm` takes them from there.
         ScenarioKind::Storm => Role::Idle,
+        // Churn connections idle between their cycles.
+        ScenarioKind::Churn => Role::Idle,
     }
 }
 

@@ -80,6 +80,8 @@ pub(crate) struct RunReport {
     pub(crate) fanout: Option<FanoutOutcome>,
     /// Storm: resumes, failures and retries, the replays' checks, store reads per resume.
     pub(crate) storm: Option<StormOutcome>,
+    /// Churn: disconnects and reconnects, per second of the steady phase.
+    pub(crate) churn: Option<ChurnReport>,
     pub(crate) order: OrderReport,
     pub(crate) errors: ErrorCounts,
     /// Latency percentiles in microseconds, by metric.
@@ -119,6 +121,21 @@ pub(crate) struct ReportConfig {
     pub(crate) owed: Option<u64>,
     pub(crate) convs: Option<u64>,
     pub(crate) reconnect_rate: Option<f64>,
+}
+
+/// What the churn scenario's cycles came to.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChurnReport {
+    /// How long each connection stayed up between two cycles.
+    pub(crate) period_secs: f64,
+    /// Connections closed for their cycle.
+    pub(crate) disconnects: u64,
+    /// Reconnects that got `synced`.
+    pub(crate) reconnects: u64,
+    /// Reconnect attempts that failed.
+    pub(crate) failed: u64,
+    pub(crate) disconnects_per_sec: f64,
+    pub(crate) reconnects_per_sec: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -204,9 +221,10 @@ pub(crate) fn build(
     let c = &totals.counters;
     let per_sec = |count: u64, secs: f64| if secs > 0.0 { count as f64 / secs } else { 0.0 };
     // A storm's clients connect twice; those open at the end are the resumed ones.
+    // A churn connection counts once per cycle.
     let open = match scenario.storm() {
         Some(_) => c.resumed.saturating_sub(c.dropped),
-        None => c.connected.saturating_sub(c.dropped),
+        None => c.connected.saturating_sub(c.dropped + c.churned),
     };
 
     let mut failures = Vec::new();
@@ -283,6 +301,22 @@ pub(crate) fn build(
     if c.dropped > 0 {
         warnings.push(format!("{} connections dropped by the server", c.dropped));
     }
+    let churn = scenario.churn().map(|churn| ChurnReport {
+        period_secs: churn.period().as_secs_f64(),
+        disconnects: c.churned,
+        reconnects: c.rejoined,
+        failed: c.rejoin_failed,
+        disconnects_per_sec: per_sec(c.churned, totals.steady.secs),
+        reconnects_per_sec: per_sec(c.rejoined, totals.steady.secs),
+    });
+    if let Some(churn) = &churn {
+        if churn.disconnects == 0 {
+            failures.push("no connection cycled: the steady phase was shorter than a connection's turn".to_owned());
+        }
+        if churn.failed > 0 {
+            failures.push(format!("{} reconnects failed", churn.failed));
+        }
+    }
 
     let server = samples.pid.map(|_| {
         let rss_after = samples.rss_end_kib.or(samples.rss_after_ramp_kib);
@@ -346,7 +380,11 @@ pub(crate) fn build(
             sync_timeouts: c.sync_timeouts,
             dropped: c.dropped,
         },
-        ramp: RampReport { secs: totals.ramp_secs, connects_per_sec: per_sec(c.connected, totals.ramp_secs) },
+        // The ramp's own connections: a storm's or a churn's reconnects come later.
+        ramp: RampReport {
+            secs: totals.ramp_secs,
+            connects_per_sec: per_sec(c.attempted.saturating_sub(c.failed), totals.ramp_secs),
+        },
         steady: SteadyReport {
             secs: totals.steady.secs,
             sent: totals.steady.sent,
@@ -358,6 +396,7 @@ pub(crate) fn build(
         },
         fanout: outcome.fanout.clone(),
         storm: outcome.storm.clone(),
+        churn,
         order: OrderReport {
             gap_events: c.gap_events,
             missing_seqs: c.missing_seqs,
@@ -448,6 +487,18 @@ pub(crate) fn render_table(report: &RunReport) -> String {
     }
     if let Some(storm) = &report.storm {
         storm.render(&mut out);
+    }
+    if let Some(churn) = &report.churn {
+        let _ = writeln!(
+            out,
+            "churn        {} disconnects ({:.0}/s)  {} reconnects synced ({:.0}/s)  {} failed; each connection up {:.2} s per cycle",
+            churn.disconnects,
+            churn.disconnects_per_sec,
+            churn.reconnects,
+            churn.reconnects_per_sec,
+            churn.failed,
+            churn.period_secs
+        );
     }
     if report.scenario == ScenarioKind::Chat.as_str() {
         let steady = &report.steady;

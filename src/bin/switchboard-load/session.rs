@@ -42,58 +42,54 @@ const UNARMED: Duration = Duration::from_secs(7 * 24 * 3600);
 const SUBSCRIBE_REF: &str = "subscribe";
 
 /// Runs connection `index` until the run stops or the connection ends. `permit` bounds
-/// connections in progress; it is released once this one has settled.
+/// connections in progress; it is released once this one has settled. A churn
+/// connection closes and reconnects (as the same user and device) every churn period,
+/// retrying a failed reconnect a second later, until the run stops.
 pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>, permit: OwnedSemaphorePermit) {
     let _guard = env.meters.session_guard();
     let user = user_id(&env.user_prefix, index);
     let role = crate::plan::role(env.scenario, &env.user_prefix, index);
-    let started = Instant::now();
+    let mut permit = Some(permit);
+    let mut rejoin = false;
     let mut phase_rx = env.phase_rx.clone();
+    let (session, end) = loop {
+        let started = Instant::now();
+        let ws = match open(&env, index, source, &user, &mut phase_rx).await {
+            Ok(ws) => ws,
+            // The run stopping while a reconnect is under way is no failure.
+            Err(_) if rejoin && *phase_rx.borrow() == Phase::Stop => return,
+            Err(kind) => {
+                env.meters.error(kind);
+                if !rejoin {
+                    env.meters.count(|c| {
+                        c.failed += 1;
+                        c.settled += 1;
+                    });
+                    return;
+                }
+                env.meters.count(|c| c.rejoin_failed += 1);
+                tokio::select! {
+                    () = tokio::time::sleep(REJOIN_RETRY) => continue,
+                    () = stopped(&mut phase_rx) => return,
+                }
+            }
+        };
+        env.meters.count(|c| c.connected += 1);
+        env.meters.record(Metric::Connect, duration_micros(started.elapsed()));
 
-    let target = env.target(index);
-    let request = match env.auth.request(&target.url, &user, &env.device) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(user.id = %user, %error, "cannot build upgrade request");
-            env.meters.error("auth.request");
-            env.meters.count(|c| {
-                c.failed += 1;
-                c.settled += 1;
-            });
-            return;
+        let mut session = Session::new(Rc::clone(&env), user.clone(), role.clone(), index, started, permit.take());
+        session.rejoin = rejoin;
+        let end = Box::pin(session.drive(ws, phase_rx.clone())).await;
+        if !matches!(end, End::Cycle) {
+            break (session, end);
         }
+        env.meters.count(|c| {
+            c.churned += 1;
+            c.closed += 1;
+        });
+        rejoin = true;
     };
-
-    // Boxed: the handshake future is ~3 KB, and the task would keep that size for its
-    // whole life; boxed, it is freed once the connection is up.
-    let opened = tokio::select! {
-        opened = Box::pin(connect::open(target, source, request, env.connect_timeout)) => opened,
-        () = stopped(&mut phase_rx) => {
-            env.meters.error("connect.cancelled");
-            env.meters.count(|c| {
-                c.failed += 1;
-                c.settled += 1;
-            });
-            return;
-        }
-    };
-    let ws = match opened {
-        Ok(ws) => ws,
-        Err(error) => {
-            tracing::debug!(user.id = %user, %error, "connect failed");
-            env.meters.error(error.kind());
-            env.meters.count(|c| {
-                c.failed += 1;
-                c.settled += 1;
-            });
-            return;
-        }
-    };
-    env.meters.count(|c| c.connected += 1);
-    env.meters.record(Metric::Connect, duration_micros(started.elapsed()));
-
-    let mut session = Session::new(Rc::clone(&env), user, role, index, started, permit);
-    let end = Box::pin(session.drive(ws, phase_rx)).await;
+    let mut session = session;
     if matches!(end, End::Away)
         && let Some(storm) = &env.storm
     {
@@ -114,6 +110,34 @@ pub(crate) async fn run(env: Rc<SessionEnv>, index: u64, source: Option<IpAddr>,
     session.finish(end);
 }
 
+/// Opens connection `index` for `user`: TCP connect and WebSocket upgrade, bounded by
+/// the connect timeout and cut short when the run stops. Fails with the error's kind.
+async fn open(
+    env: &SessionEnv,
+    index: u64,
+    source: Option<IpAddr>,
+    user: &str,
+    phase_rx: &mut tokio::sync::watch::Receiver<Phase>,
+) -> Result<Ws, Cow<'static, str>> {
+    let target = env.target(index);
+    let request = env.auth.request(&target.url, user, &env.device).map_err(|error| {
+        tracing::warn!(user.id = %user, %error, "cannot build upgrade request");
+        Cow::Borrowed("auth.request")
+    })?;
+    // Boxed: the handshake future is ~3 KB, and the task would keep that size for its
+    // whole life; boxed, it is freed once the connection is up.
+    tokio::select! {
+        opened = Box::pin(connect::open(target, source, request, env.connect_timeout)) => opened.map_err(|error| {
+            tracing::debug!(user.id = %user, %error, "connect failed");
+            error.kind()
+        }),
+        () = stopped(phase_rx) => Err(Cow::Borrowed("connect.cancelled")),
+    }
+}
+
+/// How long a churn connection waits before retrying a failed reconnect.
+const REJOIN_RETRY: Duration = Duration::from_secs(1);
+
 /// Why the session loop ended.
 #[derive(Debug)]
 enum End {
@@ -121,6 +145,8 @@ enum End {
     Stopped,
     /// Storm: the run sent the client away; we closed.
     Away,
+    /// Churn: the connection's turn to reconnect came; we closed.
+    Cycle,
     /// The server or the network ended the connection.
     Lost(Cow<'static, str>),
 }
@@ -158,6 +184,10 @@ struct Session {
     started: Instant,
     /// Released once the connection has settled (synced, failed or timed out).
     permit: Option<OwnedSemaphorePermit>,
+    /// Churn: this is a reconnect (its `synced` is a rejoin, and it settled long ago).
+    rejoin: bool,
+    /// Churn: when this connection closes for its next cycle.
+    churn_due: Option<Instant>,
     settled: bool,
     synced: bool,
     phase: Phase,
@@ -177,7 +207,7 @@ impl Session {
         role: Role,
         index: u64,
         started: Instant,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         let (sender, watched_conv) = match (&role, &env.chat) {
             (Role::Sender { conv }, Some(chat)) => (
@@ -204,8 +234,10 @@ impl Session {
             index,
             user,
             started,
-            permit: Some(permit),
-            settled: false,
+            settled: permit.is_none(),
+            permit,
+            rejoin: false,
+            churn_due: None,
             synced: false,
             phase: Phase::Ramp,
             sender,
@@ -223,6 +255,7 @@ impl Session {
         let mut sync_timer = Box::pin(sleep_until(self.started + self.env.sync_timeout));
         let mut send_timer = Box::pin(sleep_until(far));
         let mut receipt_timer = Box::pin(sleep_until(far));
+        let mut churn_timer = Box::pin(sleep_until(far));
         // The phase may have moved on while connecting.
         let initial = *phase_rx.borrow_and_update();
         self.enter_phase(initial, &mut send_timer);
@@ -232,6 +265,12 @@ impl Session {
                 Phase::Stop => break End::Stopped,
                 Phase::Away => break End::Away,
                 Phase::Ramp | Phase::Steady | Phase::Drain => {}
+            }
+            self.arm_churn();
+            if let Some(due) = self.churn_due
+                && churn_timer.deadline() != due
+            {
+                churn_timer.as_mut().reset(due);
             }
             tokio::select! {
                 changed = phase_rx.changed() => {
@@ -258,13 +297,14 @@ impl Session {
                 }
                 () = &mut send_timer, if self.sending() => self.on_send_due(&mut send_timer),
                 () = &mut receipt_timer, if self.receipt_due.is_some() => self.queue_receipts(),
+                () = &mut churn_timer, if self.churn_due.is_some() => break End::Cycle,
             }
             if let Err(kind) = self.flush_outbox(&mut ws).await {
                 break End::Lost(kind);
             }
         };
 
-        if matches!(end, End::Stopped | End::Away) {
+        if matches!(end, End::Stopped | End::Away | End::Cycle) {
             // Leave the cursor where we are, so the next run is not replayed old frames.
             self.queue_receipts();
             let close = async {
@@ -303,6 +343,20 @@ impl Session {
             self.env.meters.count(|c| c.settled += 1);
             self.permit = None;
         }
+    }
+
+    /// Churn: once synced in the steady phase, schedules this connection's next cycle.
+    /// A first connection's turn falls at its golden-ratio share of the period (so the
+    /// connections' turns spread evenly over it), a reconnect's a whole period later.
+    fn arm_churn(&mut self) {
+        let Some(period) = self.env.churn_period else {
+            return;
+        };
+        if self.churn_due.is_some() || !self.synced || self.phase != Phase::Steady {
+            return;
+        }
+        let share = if self.rejoin { 1.0 } else { (self.index as f64 * 0.618_033_988_75).fract() };
+        self.churn_due = Some(Instant::now() + period.mul_f64(share));
     }
 
     fn sending(&self) -> bool {
@@ -421,6 +475,10 @@ impl Session {
         let elapsed = duration_micros(self.started.elapsed());
         self.env.meters.count(|c| c.synced += 1);
         self.env.meters.record(Metric::Synced, elapsed);
+        if self.rejoin {
+            self.env.meters.count(|c| c.rejoined += 1);
+            self.env.meters.record(Metric::Rejoin, elapsed);
+        }
         match &self.env.fanout {
             // A feed member is ready once subscribed: settled on `subscribed`.
             Some(fanout) if fanout.subscribe => self.outbox.push(frames::subscribe(SUBSCRIBE_REF, &fanout.conv)),
@@ -715,6 +773,29 @@ mod tests {
         let messages = meters.message_deliveries();
         assert_eq!(messages.iter().map(|m| m.n).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert!(messages.iter().all(|m| m.count == 3 && m.last_us >= m.sent_us), "{messages:?}");
+        assert!(meters.errors().iter().next().is_none(), "{:?}", meters.errors());
+    }
+
+    #[tokio::test]
+    async fn churn_connections_close_and_reconnect_each_period() {
+        let server = mock_server::spawn(MockOptions::default(), 0).await.expect("mock server");
+        let (env, phase_tx) = test_env(&server.url(), Auth::dev(), ScenarioKind::Churn, None, None, None).await;
+        let mut env = Rc::into_inner(env).expect("sole owner");
+        env.churn_period = Some(Duration::from_millis(100));
+        let env = Rc::new(env);
+        let meters = Rc::clone(&env.meters);
+        run_sessions(env, &phase_tx, 4, tokio::time::sleep(Duration::from_millis(550))).await;
+
+        // 4 connections, each up 100 ms per cycle (the first turn sooner): at most 8
+        // cycles each in 550 ms of steady and 200 ms of drain, fewer as reconnecting
+        // takes its time too.
+        let c = meters.counters();
+        assert!((8..=32).contains(&c.churned), "{c:?}");
+        assert!(c.rejoined + 4 >= c.churned && c.rejoined <= c.churned, "{c:?}");
+        assert_eq!((c.rejoin_failed, c.failed, c.dropped), (0, 0, 0), "{c:?}");
+        // Every connection, first or reconnect, was closed by us in the end.
+        assert_eq!(c.connected, c.closed, "{c:?}");
+        assert_eq!(c.settled, 4, "a reconnect does not settle again: {c:?}");
         assert!(meters.errors().iter().next().is_none(), "{:?}", meters.errors());
     }
 

@@ -202,6 +202,8 @@ pub(crate) struct SessionEnv {
     pub(crate) chat: Option<ChatSettings>,
     pub(crate) fanout: Option<FanoutSettings>,
     pub(crate) storm: Option<StormSettings>,
+    /// Churn: how long each connection stays up between two cycles.
+    pub(crate) churn_period: Option<Duration>,
     /// How long a receiver batches its `delivered` receipts.
     pub(crate) receipt_interval: Duration,
     pub(crate) clock: Clock,
@@ -240,6 +242,7 @@ pub(crate) async fn test_env(
         chat,
         fanout,
         storm,
+        churn_period: None,
         receipt_interval: Duration::from_millis(20),
         clock: Clock::new(),
         meters: std::rc::Rc::new(Meters::new().expect("meters")),

@@ -129,6 +129,12 @@ counters! {
     seed_acked,
     /// Storm: the senders' sends refused for good, or never answered.
     seed_refused,
+    /// Churn: connections closed for their cycle (each then reconnects).
+    churned,
+    /// Churn: reconnects that got `synced`.
+    rejoined,
+    /// Churn: reconnect attempts that failed (retried a second later).
+    rejoin_failed,
 }
 
 impl Counters {
@@ -156,11 +162,13 @@ pub(crate) enum Metric {
     LastDelivery,
     /// Storm: a client's first reconnect attempt to its `synced`, retries included.
     Resume,
+    /// Churn: TCP connect start to `synced` of a reconnect.
+    Rejoin,
 }
 
 impl Metric {
     /// Every metric, in report order.
-    pub(crate) const ALL: [Metric; 7] = [
+    pub(crate) const ALL: [Metric; 8] = [
         Metric::Connect,
         Metric::Hello,
         Metric::Synced,
@@ -168,6 +176,7 @@ impl Metric {
         Metric::Deliver,
         Metric::LastDelivery,
         Metric::Resume,
+        Metric::Rejoin,
     ];
 
     /// Name used in the JSON result.
@@ -180,6 +189,7 @@ impl Metric {
             Metric::Deliver => "deliver",
             Metric::LastDelivery => "last_delivery",
             Metric::Resume => "resume",
+            Metric::Rejoin => "rejoin",
         }
     }
 
@@ -193,6 +203,7 @@ impl Metric {
             Metric::Deliver => "send -> deliver",
             Metric::LastDelivery => "send -> last member",
             Metric::Resume => "storm: resume",
+            Metric::Rejoin => "churn: reconnect",
         }
     }
 
@@ -205,6 +216,7 @@ impl Metric {
             Metric::Deliver => 4,
             Metric::LastDelivery => 5,
             Metric::Resume => 6,
+            Metric::Rejoin => 7,
         }
     }
 }
@@ -239,7 +251,7 @@ impl Histograms {
             hist.auto(true);
             Ok(hist)
         };
-        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?, make()?] })
+        Ok(Histograms { hists: [make()?, make()?, make()?, make()?, make()?, make()?, make()?, make()?] })
     }
 
     /// Records one latency, clamped to the histogram's range.

@@ -143,6 +143,7 @@ async fn run_local(scenario: &ScenarioCommand, index: u64) -> anyhow::Result<Exi
         chat,
         fanout,
         storm,
+        churn_period: scenario.churn().map(crate::cli::ChurnArgs::period),
         receipt_interval: scenario.traffic().map_or(IDLE_RECEIPT_INTERVAL, |traffic| traffic.receipt_interval),
         clock,
         meters: Rc::clone(&meters),
