@@ -523,6 +523,11 @@ pub(crate) struct CommonArgs {
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
 
+    /// Draw the run to this SVG file: connections open and rates per second over time,
+    /// and every latency by percentile.
+    #[arg(long)]
+    pub(crate) plot: Option<PathBuf>,
+
     /// Most connection attempts in progress at once, per process.
     #[arg(long, default_value_t = 1000)]
     pub(crate) max_connecting: usize,

@@ -284,6 +284,11 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
                 }
             }
             _ = progress_tick.tick() => {
+                let mut now = publish_log.as_ref().map(|log| log.meters.counters()).unwrap_or_default();
+                for worker in &workers {
+                    now.add(&worker.latest);
+                }
+                outcome.timeline.push(started.elapsed().as_secs_f64(), &now);
                 if !common.quiet {
                     let sender_counters = publish_log.as_ref().map(|log| log.meters.counters());
                     previous = print_progress(
@@ -366,6 +371,10 @@ async fn coordinate(scenario: &ScenarioCommand, worker_args: Vec<OsString>) -> a
     print!("{}", report::render_table(&report));
     if let Some(path) = &common.json {
         report::write_json(&report, path)?;
+    }
+    if let Some(path) = &common.plot {
+        let title = format!("switchboard-load {} {}: {} connections", report.scenario, run_id, common.connections);
+        crate::plot::write_svg(path, &title, &outcome.timeline, &totals.histograms)?;
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -44,6 +44,7 @@ mod frames;
 #[cfg(test)]
 mod mock_server;
 mod plan;
+mod plot;
 mod procfs;
 mod publisher;
 mod report;

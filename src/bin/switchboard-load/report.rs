@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::cli::{FanoutArgs, FanoutKind, ScenarioCommand, ScenarioKind};
 use crate::fanout::FanoutOutcome;
+use crate::plot::Timeline;
 use crate::procfs::Proc;
 use crate::stats::{Counters, ErrorCounts, LatencySummary, Metric, StatsError, Totals};
 use crate::storm::outcome::StormOutcome;
@@ -61,6 +62,8 @@ pub(crate) struct RunOutcome {
     pub(crate) sender_error: Option<String>,
     /// Storm: its figures.
     pub(crate) storm: Option<StormOutcome>,
+    /// The counters, once a second.
+    pub(crate) timeline: Timeline,
 }
 
 /// The machine-readable result (`--json`).
@@ -92,6 +95,8 @@ pub(crate) struct RunReport {
     pub(crate) counters: Counters,
     /// Merged histograms, hdrhistogram V2 format, hex-encoded, by metric.
     pub(crate) histograms_v2_hex: BTreeMap<String, String>,
+    /// The summed counters once a second (what `--plot` draws).
+    pub(crate) timeline: Timeline,
     pub(crate) deadline_hit: bool,
     pub(crate) interrupted: bool,
 }
@@ -419,6 +424,7 @@ pub(crate) fn build(
         },
         counters: c.clone(),
         histograms_v2_hex: totals.histograms.encode()?,
+        timeline: outcome.timeline.clone(),
         deadline_hit: outcome.deadline_hit || totals.deadline_hit,
         interrupted: outcome.interrupted,
     })
