@@ -3,34 +3,15 @@
 //! Run with `cargo bench --bench codec`. A 100-byte body stands in
 //! for a typical chat message (DESIGN section 7 measures deliveries of 100-byte messages).
 
+mod common;
+
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use serde_json::value::RawValue;
-use switchboard_proto::{
-    Ack, ConvId, DecodeLimits, DeviceId, Msg, UserId, decode_client, encode, encode_history, encode_msg,
-};
+use switchboard_proto::{Ack, ConvId, DecodeLimits, decode_client, encode, encode_history, encode_msg};
 
-/// A JSON body of exactly 100 bytes.
-fn body_100() -> Box<RawValue> {
-    let text = format!(r#"{{"text":"{}"}}"#, "x".repeat(89));
-    assert_eq!(text.len(), 100);
-    RawValue::from_string(text).expect("valid json")
-}
-
-fn msg(seq: u64) -> Msg {
-    Msg {
-        conv: ConvId::new("group:engineering").expect("valid conv"),
-        seq,
-        mid: "01JQ3Z5V8Y6M2K4N7P9R1T3W5X".to_owned(),
-        from: UserId::new("alice").expect("valid user"),
-        dev: DeviceId::new("phone-1").expect("valid device"),
-        ts: 1_735_689_600_000 + seq,
-        body: body_100(),
-        system: false,
-    }
-}
+use common::{body_100, msg};
 
 fn codec(c: &mut Criterion) {
     let limits = DecodeLimits::default();
