@@ -32,6 +32,9 @@ use crate::store::{MessageStore, StoreResult};
 /// Users whose token revocation time this node remembers.
 const REVOCATION_CACHE_ENTRIES: usize = 100_000;
 
+/// Conversations whose latest delivered seq this node remembers.
+const HEAD_CACHE_ENTRIES: usize = 100_000;
+
 /// Shared state of one server process.
 #[derive(Debug)]
 pub struct Node {
@@ -52,6 +55,10 @@ pub struct Node {
     /// `revoked_before` of recently seen users (`None`: never revoked), in front of the
     /// store: the upgrade checks it for every connection.
     revocations: quick_cache::sync::Cache<UserId, Option<u64>>,
+    /// The highest seq of each recently active conversation this node delivered: a
+    /// lower bound of its head (messages are delivered once durable, and seqs only
+    /// rise), so a receipt at or below it needs no store read to be known valid.
+    heads: quick_cache::sync::Cache<ConvId, u64>,
     pub auth: Authenticator,
     pub directory: Directory,
     pub decode_limits: DecodeLimits,
@@ -102,6 +109,7 @@ impl Node {
             admission: Arc::new(Admission::new(&config.gateway)),
             user_sends: UserRateLimits::new(config.rate_limits.user_sends_per_sec, config.rate_limits.user_sends_burst),
             revocations: quick_cache::sync::Cache::new(REVOCATION_CACHE_ENTRIES),
+            heads: quick_cache::sync::Cache::new(HEAD_CACHE_ENTRIES),
             auth,
             directory,
             decode_limits,
@@ -178,6 +186,9 @@ impl Node {
     /// Pushes `frame` to every device of `users`, on this node and on the others;
     /// returns how many devices of this node got it.
     pub async fn deliver(&self, users: &[UserId], kind: Kind<'_>, frame: &Utf8Bytes, except: Option<u64>) -> usize {
+        if let Kind::Msg { conv, seq } = kind {
+            self.note_head(conv, seq);
+        }
         let sessions = &self.sessions;
         let queued = users
             .iter()
@@ -191,6 +202,20 @@ impl Node {
             cluster.deliver(users, kind, frame, except).await;
         }
         queued
+    }
+
+    /// `seq` of `conv` is durable (it is being delivered, or the store said so).
+    pub fn note_head(&self, conv: &ConvId, seq: u64) {
+        // Two racing notes may leave the lower one: still a lower bound, only a read
+        // more for a receipt above it.
+        if seq > 0 && self.heads.get(conv).is_none_or(|known| known < seq) {
+            self.heads.insert(conv.clone(), seq);
+        }
+    }
+
+    /// The highest seq of `conv` known durable here without asking the store, if any.
+    pub fn known_head(&self, conv: &ConvId) -> Option<u64> {
+        self.heads.get(conv)
     }
 
     /// A user came online or went offline on this node (decided by the user actor);

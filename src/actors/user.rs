@@ -176,12 +176,21 @@ impl UserState {
         self.last_work = Instant::now();
         let store = &self.node.store;
         // A receipt cannot acknowledge what does not exist yet: clamp to the last seq.
-        let last_seq = match store.load_conv(conv).await {
-            Ok(meta) => meta.map_or(0, |meta| meta.last_seq),
-            Err(error) => {
-                tracing::warn!(user.id = %self.user, %conv, %error, "receipt dropped: store unavailable");
-                return;
-            }
+        // One this node delivered needs no read (the usual case: a device receipts what
+        // it was just sent; reading a group's record per receipt costs O(members)).
+        let last_seq = match self.node.known_head(conv) {
+            Some(head) if head >= seq => head,
+            _ => match store.load_conv(conv).await {
+                Ok(meta) => {
+                    let head = meta.map_or(0, |meta| meta.last_seq);
+                    self.node.note_head(conv, head);
+                    head
+                }
+                Err(error) => {
+                    tracing::warn!(user.id = %self.user, %conv, %error, "receipt dropped: store unavailable");
+                    return;
+                }
+            },
         };
         let seq = seq.min(last_seq);
         if seq == 0 {

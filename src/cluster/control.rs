@@ -302,9 +302,11 @@ fn on_delivery(node: &Node, message: &BusMessage) {
     let sessions = &node.sessions;
     let queued = match what {
         Deliver::Msg { conv, seq, users } => {
+            node.note_head(&conv, seq);
             users.iter().map(|user| sessions.deliver_message(user, &conv, seq, &frame, except)).sum::<usize>()
         }
         Deliver::Feed { conv, seq } => {
+            node.note_head(&conv, seq);
             let mut queued = 0;
             node.feeds.for_each_subscriber(&conv, |user| {
                 queued += sessions.deliver_message(user, &conv, seq, &frame, except);

@@ -11,7 +11,7 @@
 //! System message bodies: `{"event": "created", "by", "name", "members"}`,
 //! `{"event": "added", "by", "members"}`, `{"event": "removed", "by", "members"}`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ractor::ActorRef;
@@ -228,23 +228,34 @@ impl ConvState {
 
 /// A group's delivered/read marks per member and the aggregate: the lowest mark over
 /// the current members, which is also what was last announced.
+///
+/// Every message of a group gets a receipt from nearly every member, and nearly every
+/// member is at the aggregate when it does, so the lowest mark must not be found by a
+/// scan (that made a message cost O(members²)). The members' marks are also counted by
+/// value, per kind: the lowest is the first key, and a receipt moves one count, so it
+/// costs O(log members).
 #[derive(Debug)]
 pub(super) struct GroupMarks {
     marks: HashMap<UserId, [u64; 2]>,
     all: [u64; 2],
+    /// Per kind, how many current members hold each mark (a member without one holds 0).
+    counts: [BTreeMap<u64, u32>; 2],
+    /// Members the counts were taken over; a group of another size means they are stale.
+    counted: usize,
 }
 
 impl GroupMarks {
     /// Marks as loaded; nothing announced yet (see [`GroupMarks::catch_up`]).
     fn new(marks: HashMap<UserId, [u64; 2]>) -> Self {
-        Self { marks, all: [0, 0] }
+        Self { marks, all: [0, 0], counts: [BTreeMap::new(), BTreeMap::new()], counted: 0 }
     }
 
     /// Brings the aggregate up to the marks; returns what moved, to announce.
     fn catch_up(&mut self, group: &GroupInfo) -> Vec<(MarkKind, u64)> {
+        self.recount(group);
         let mut moved = Vec::new();
         for (index, kind) in [(0, MarkKind::Delivered), (1, MarkKind::Read)] {
-            let lowest = self.lowest(group, index);
+            let lowest = self.lowest(index);
             if lowest > self.all[index] {
                 self.all[index] = lowest;
                 moved.push((kind, lowest));
@@ -253,20 +264,35 @@ impl GroupMarks {
         moved
     }
 
-    fn lowest(&self, group: &GroupInfo, index: usize) -> u64 {
-        group.members.iter().map(|member| self.marks.get(member).map_or(0, |marks| marks[index])).min().unwrap_or(0)
+    /// Counts the current members' marks afresh.
+    fn recount(&mut self, group: &GroupInfo) {
+        self.counts = [BTreeMap::new(), BTreeMap::new()];
+        for member in group.members.iter() {
+            let marks = self.marks.get(member).copied().unwrap_or([0, 0]);
+            for (index, counts) in self.counts.iter_mut().enumerate() {
+                *counts.entry(marks[index]).or_insert(0) += 1;
+            }
+        }
+        self.counted = group.members.len();
+    }
+
+    fn lowest(&self, index: usize) -> u64 {
+        self.counts[index].keys().next().copied().unwrap_or(0)
     }
 
     /// Membership changed: the aggregate is recomputed without announcing (a new member
     /// holds it back; a removed laggard no longer does, and the next rise is announced).
     fn members_changed(&mut self, group: &GroupInfo) {
-        self.all = [self.lowest(group, 0), self.lowest(group, 1)];
+        self.recount(group);
+        self.all = [self.lowest(0), self.lowest(1)];
     }
 
     /// Raises `user`'s mark (a read raises delivered too); returns the aggregates that
-    /// moved, to announce. Only a member that was at the aggregate can move it, so most
-    /// receipts cost O(1) and a laggard's cost O(members).
+    /// moved, to announce.
     fn raise(&mut self, group: &GroupInfo, user: &UserId, kind: MarkKind, seq: u64) -> Vec<(MarkKind, u64)> {
+        if self.counted != group.members.len() {
+            self.recount(group);
+        }
         let entry = self.marks.entry(user.clone()).or_insert([0, 0]);
         let before = *entry;
         entry[0] = entry[0].max(seq);
@@ -274,15 +300,23 @@ impl GroupMarks {
             entry[1] = entry[1].max(seq);
         }
         let after = *entry;
+        if !group.is_member(user) {
+            return Vec::new();
+        }
         let mut moved = Vec::new();
         for (index, kind) in [(0, MarkKind::Delivered), (1, MarkKind::Read)] {
-            // A mark that did not move moves no aggregate (a delivered receipt never
-            // rescans the read marks); above the aggregate before, this member cannot
-            // have been holding it back.
-            if after[index] == before[index] || before[index] > self.all[index] || !group.is_member(user) {
+            if after[index] == before[index] {
                 continue;
             }
-            let lowest = self.lowest(group, index);
+            let counts = &mut self.counts[index];
+            if let Some(count) = counts.get_mut(&before[index]) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&before[index]);
+                }
+            }
+            *counts.entry(after[index]).or_insert(0) += 1;
+            let lowest = self.lowest(index);
             if lowest > self.all[index] {
                 self.all[index] = lowest;
                 moved.push((kind, lowest));
@@ -324,6 +358,33 @@ mod tests {
         assert_eq!(marks.catch_up(&group), vec![(MarkKind::Delivered, 4), (MarkKind::Read, 2)]);
         assert!(marks.catch_up(&group).is_empty());
         assert_eq!(marks.raise(&group, &user("b"), MarkKind::Read, 5), vec![(MarkKind::Read, 3)]);
+    }
+
+    /// The counted aggregate is the lowest mark over the members after every receipt,
+    /// whatever the order (checked against a scan).
+    #[test]
+    fn counted_aggregate_matches_a_scan() {
+        use rand::{Rng as _, SeedableRng as _};
+        let members: Vec<UserId> = (0..40).map(|k| user(&format!("m{k:02}"))).collect();
+        let group = GroupInfo::new("g".into(), members.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut marks = GroupMarks::new(HashMap::new());
+        marks.catch_up(&group);
+        let mut announced = [0u64; 2];
+        for _ in 0..5_000 {
+            let who = if rng.random_bool(0.05) { user("outsider") } else { members[rng.random_range(0..40)].clone() };
+            let kind = if rng.random_bool(0.3) { MarkKind::Read } else { MarkKind::Delivered };
+            for (kind, seq) in marks.raise(&group, &who, kind, rng.random_range(0..200)) {
+                let index = usize::from(kind == MarkKind::Read);
+                assert!(seq > announced[index], "announcements only rise");
+                announced[index] = seq;
+            }
+            for index in 0..2 {
+                let scan = members.iter().map(|m| marks.marks.get(m).map_or(0, |v| v[index])).min().unwrap_or(0);
+                assert_eq!(marks.all[index], scan);
+                assert_eq!(announced[index], scan);
+            }
+        }
     }
 
     #[test]

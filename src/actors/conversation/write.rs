@@ -127,6 +127,7 @@ async fn fan_out(
     let queued = match recipients {
         Recipients::Users(users) => node.deliver(users, Kind::Msg { conv, seq }, frame, except).await,
         Recipients::Feed => {
+            node.note_head(conv, seq);
             let sessions = &node.sessions;
             let mut queued = 0;
             node.feeds.for_each_subscriber(conv, |user| {
