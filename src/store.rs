@@ -230,6 +230,27 @@ pub trait MessageStore: Send + Sync + std::fmt::Debug + 'static {
     /// A read mark also raises the delivered mark. Returns whether the `kind` mark moved.
     async fn advance_mark(&self, conv: &ConvId, user: &UserId, kind: MarkKind, seq: u64) -> StoreResult<bool>;
 
+    /// One receipt of a device: raises its cursor in `conv` to `seq` and then, with a
+    /// `mark`, the user's mark of that kind (a feed's receipts move cursors only).
+    /// Returns whether the cursor moved and whether the mark did; if the cursor cannot be
+    /// written, the mark is not tried. A store that can do both in one trip overrides
+    /// this (the embedded store: one hand-off to its blocking pool instead of two).
+    async fn advance_receipt(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        conv: &ConvId,
+        seq: u64,
+        mark: Option<MarkKind>,
+    ) -> StoreResult<(bool, bool)> {
+        let cursor = self.advance_cursor(user, device, conv, seq).await?;
+        let mark = match mark {
+            Some(kind) => self.advance_mark(conv, user, kind, seq).await?,
+            None => false,
+        };
+        Ok((cursor, mark))
+    }
+
     /// Every member's receipt marks in `conv`.
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>>;
 

@@ -196,22 +196,16 @@ impl UserState {
         if seq == 0 {
             return;
         }
-        if let Err(error) = store.advance_cursor(&self.user, device, conv, seq).await {
-            tracing::warn!(user.id = %self.user, %conv, %error, "cursor not advanced");
-            return;
-        }
-        // A feed's readers are its subscribers: only their cursors matter.
-        if conv.kind() == ConvKind::Feed {
-            return;
-        }
         let mark = match kind {
             ReceiptKind::Delivered => MarkKind::Delivered,
             ReceiptKind::Read => MarkKind::Read,
         };
-        match store.advance_mark(conv, &self.user, mark, seq).await {
-            Ok(true) => self.relay(conv, conn_id, seq, kind, mark).await,
-            Ok(false) => {}
-            Err(error) => tracing::warn!(user.id = %self.user, %conv, %error, "receipt mark not advanced"),
+        // A feed's readers are its subscribers: only their cursors matter.
+        let marked = (conv.kind() != ConvKind::Feed).then_some(mark);
+        match store.advance_receipt(&self.user, device, conv, seq, marked).await {
+            Ok((_, true)) => self.relay(conv, conn_id, seq, kind, mark).await,
+            Ok((_, false)) => {}
+            Err(error) => tracing::warn!(user.id = %self.user, %conv, %error, "receipt not recorded"),
         }
     }
 

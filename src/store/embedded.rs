@@ -711,6 +711,30 @@ impl MessageStore for EmbeddedStore {
         self.blocking(move |keyspaces| keyspaces.advance_mark(key, kind, seq)).await
     }
 
+    async fn advance_receipt(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        conv: &ConvId,
+        seq: u64,
+        mark: Option<MarkKind>,
+    ) -> StoreResult<(bool, bool)> {
+        if seq == 0 {
+            return Ok((false, false));
+        }
+        let cursor_key = key_of(&[user.as_str(), device.as_str(), conv.as_str()]);
+        let mark = mark.map(|kind| (kind, key_of(&[conv.as_str(), user.as_str()])));
+        self.blocking(move |keyspaces| {
+            let cursor = keyspaces.advance_cursor(cursor_key, seq)?;
+            let mark = match mark {
+                Some((kind, key)) => keyspaces.advance_mark(key, kind, seq)?,
+                None => false,
+            };
+            Ok((cursor, mark))
+        })
+        .await
+    }
+
     async fn marks(&self, conv: &ConvId) -> StoreResult<Vec<ReceiptMarks>> {
         super::count_read("marks");
         let conv = conv.clone();

@@ -63,6 +63,7 @@ pub(crate) const CASES: &[(&str, Case)] = &[
     ("dedup_finds_earlier_cmid", |store| Box::pin(dedup_finds_earlier_cmid(store))),
     ("cursors_only_move_forward", |store| Box::pin(cursors_only_move_forward(store))),
     ("marks_read_raises_delivered", |store| Box::pin(marks_read_raises_delivered(store))),
+    ("a_receipt_moves_cursor_and_mark", |store| Box::pin(a_receipt_moves_cursor_and_mark(store))),
     ("user_convs_index", |store| Box::pin(user_convs_index(store))),
     ("history_paging_across_many_messages", |store| Box::pin(history_paging_across_many_messages(store))),
     ("concurrent_writers_of_many_conversations", |store| Box::pin(concurrent_writers_of_many_conversations(store))),
@@ -99,6 +100,7 @@ macro_rules! store_conformance_tests {
             dedup_finds_earlier_cmid,
             cursors_only_move_forward,
             marks_read_raises_delivered,
+            a_receipt_moves_cursor_and_mark,
             user_convs_index,
             history_paging_across_many_messages,
             concurrent_writers_of_many_conversations,
@@ -394,6 +396,34 @@ pub(crate) async fn marks_read_raises_delivered(store: Arc<dyn MessageStore>) {
     expected.sort_by(|left, right| left.0.cmp(&right.0));
     assert_eq!(found, expected);
     assert!(store.marks(&group()).await.expect("marks").is_empty());
+}
+
+pub(crate) async fn a_receipt_moves_cursor_and_mark(store: Arc<dyn MessageStore>) {
+    let alice = user("alice");
+    let phone = device("phone");
+    let laptop = device("laptop");
+    let conv = group();
+    let receipt = |device: &DeviceId, seq: u64, mark: Option<MarkKind>| {
+        let (store, alice, device, conv) = (Arc::clone(&store), alice.clone(), device.clone(), conv.clone());
+        async move { store.advance_receipt(&alice, &device, &conv, seq, mark).await.expect("receipt") }
+    };
+    assert_eq!(receipt(&phone, 5, Some(MarkKind::Delivered)).await, (true, true));
+    assert_eq!(receipt(&phone, 3, Some(MarkKind::Delivered)).await, (false, false));
+    // The cursor stays; the read mark moves (and raises nothing further for delivered).
+    assert_eq!(receipt(&phone, 5, Some(MarkKind::Read)).await, (false, true));
+    // Another device: its own cursor moves, the user's mark is already there.
+    assert_eq!(receipt(&laptop, 4, Some(MarkKind::Delivered)).await, (true, false));
+    // Without a mark (a feed's receipt) only the cursor moves.
+    assert_eq!(receipt(&phone, 8, None).await, (true, false));
+    assert_eq!(receipt(&phone, 0, Some(MarkKind::Read)).await, (false, false));
+
+    let cursors = store.device_cursors(&alice, &phone).await.expect("device_cursors");
+    assert_eq!(cursors, HashMap::from([(conv.clone(), 8)]));
+    let laptop_cursors = store.device_cursors(&alice, &laptop).await.expect("device_cursors");
+    assert_eq!(laptop_cursors, HashMap::from([(conv.clone(), 4)]));
+    let marks = store.marks(&conv).await.expect("marks");
+    let found: Vec<(UserId, u64, u64)> = marks.into_iter().map(|mark| (mark.user, mark.delivered, mark.read)).collect();
+    assert_eq!(found, vec![(alice, 5, 5)]);
 }
 
 pub(crate) async fn user_convs_index(store: Arc<dyn MessageStore>) {
