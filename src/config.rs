@@ -132,7 +132,9 @@ pub struct GatewayConfig {
     /// Ping interval on a quiet connection, ms. Default 25000.
     pub ping_interval_ms: u64,
     /// Per-connection read buffer, bytes (tungstenite's default is 128 KiB; most idle
-    /// connections need almost none; it grows for larger messages). Default 1024.
+    /// connections need almost none; it grows to fit a larger message). Default 512:
+    /// a few typical requests per read, and memory per connection is the scarce
+    /// resource of a large node.
     pub read_buffer_bytes: usize,
     /// Frames queued for one connection before it is a slow consumer (4001).
     /// Default 1024.
@@ -173,7 +175,7 @@ impl Default for GatewayConfig {
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
             ping_interval_ms: 25_000,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             outbox_max_frames: 1024,
             outbox_max_bytes: 1024 * 1024,
             max_inflight_requests: 64,

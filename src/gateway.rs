@@ -159,7 +159,10 @@ pub async fn upgrade(
             Err(_) => return,
         };
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        connection::run(task_node, socket, identity, peer, ip_slot).await;
+        // The connection gets a task of its own, sized to its state alone: this task's
+        // upgrade state would otherwise stay allocated for the connection's whole life.
+        let tasks = task_node.tasks.clone();
+        tasks.spawn(connection::run(task_node, socket, identity, peer, ip_slot));
     });
 
     let mut response = Response::builder()

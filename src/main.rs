@@ -128,9 +128,15 @@ fn load_config(file: Option<&std::path::Path>, overrides: Overrides) -> anyhow::
     Ok(config)
 }
 
+/// The log filter when `SWITCHBOARD_LOG` is unset. ractor opens an info-level span for
+/// every actor it starts; an enabled span costs a few hundred bytes of subscriber state
+/// for as long as it lives, which at a million user actors is real memory, so ractor is
+/// held to warnings.
+const DEFAULT_LOG_FILTER: &str = "info,ractor=warn";
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

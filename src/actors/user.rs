@@ -110,7 +110,9 @@ impl Actor for UserActor {
             UserMsg::Attach { session, reply } => state.on_attach(session, reply).await,
             UserMsg::Detach { device, conn_id } => state.on_detach(&myself, &device, conn_id).await,
             UserMsg::Receipt { device, conn_id, conv, seq, kind } => {
-                state.on_receipt(&device, conn_id, &conv, seq, kind).await;
+                // Boxed: a receipt's state (store writes) is the largest of these, and
+                // ractor keeps this future inline in every live actor's allocation.
+                Box::pin(state.on_receipt(&device, conn_id, &conv, seq, kind)).await;
             }
             UserMsg::OfflineCheck(number) => state.on_offline_check(number).await,
             UserMsg::Tick => state.on_tick(&myself),

@@ -59,6 +59,9 @@ use crate::store::{StoreError, StoreResult};
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type SendResult = (Option<String>, ConvId, Result<Accepted, SendError>);
 type InflightSend = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+/// Sends waiting for their acks; allocated on the first send (most connections of a
+/// large node are idle: they should not carry an empty set's allocations).
+type Inflight = Option<FuturesUnordered<InflightSend>>;
 
 /// Frames written per flush at most.
 const MAX_BATCH: usize = 64;
@@ -88,18 +91,31 @@ struct Connection {
     watched: std::sync::Mutex<Vec<UserId>>,
     /// Rate limits: sends, and (created on first use) typing and presence_sub.
     send_limit: RateLimit,
-    typing_limit: std::sync::OnceLock<RateLimit>,
-    presence_limit: std::sync::OnceLock<RateLimit>,
+    /// (Boxed: 8 bytes each until used, instead of a rate limit's size inline.)
+    typing_limit: std::sync::OnceLock<Box<RateLimit>>,
+    presence_limit: std::sync::OnceLock<Box<RateLimit>>,
     /// Refusals, for closing an abusive connection with 4003.
     strikes: Strikes,
     /// This connection's place in the per-IP count, released when it ends.
     _ip_slot: IpSlot,
 }
 
-/// Runs a connection to its end. Returns when the socket is closed.
-pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Option<SocketAddr>, ip_slot: IpSlot) {
+/// The connection's future: runs it to its end, when the socket is closed.
+///
+/// Not an `async fn`: the future returned is the connection's state and nothing else
+/// (an `async fn` would also keep its arguments), since an idle connection is that
+/// future, sitting in its task's allocation.
+pub fn run(
+    node: Arc<Node>,
+    socket: Socket,
+    identity: Identity,
+    peer: Option<SocketAddr>,
+    ip_slot: IpSlot,
+) -> impl Future<Output = ()> + Send {
     let conn_id = node.next_conn_id();
-    let span = tracing::info_span!(
+    // Debug level: an enabled span costs ~600 bytes of subscriber state per connection
+    // for its whole life. Events at info and above name the user and connection instead.
+    let span = tracing::debug_span!(
         "conn",
         peer.addr = %peer.map(|peer| peer.to_string()).unwrap_or_default(),
         user.id = %identity.user,
@@ -122,29 +138,26 @@ pub async fn run(node: Arc<Node>, socket: Socket, identity: Identity, peer: Opti
         strikes: Strikes::default(),
         _ip_slot: ip_slot,
     };
-    connection.serve(socket).instrument(span).await;
+    // Boxed, and the socket split here: an `async fn`'s arguments stay in its state
+    // for its whole life, so they should be small.
+    let (sink, stream) = socket.split();
+    Box::new(connection).serve(sink, stream).instrument(span)
 }
 
 impl Connection {
-    async fn serve(self, socket: Socket) {
+    async fn serve(self: Box<Self>, mut sink: SplitSink<Socket, Message>, stream: SplitStream<Socket>) {
         metrics::gauge!("switchboard_connections").increment(1.0);
         metrics::counter!("switchboard_connections_opened_total").increment(1);
-        let (sink, stream) = socket.split();
-        let hello = Hello {
-            user: self.identity.user.clone(),
-            device: self.identity.device.clone(),
-            node: self.node.node_id.clone(),
-            server: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
-            limits: self.node.limits(),
-        };
-        self.outbox.push(frame(&hello));
+        self.outbox.push(frame(&self.hello()));
         // Live messages wait until the resume below has replayed what was missed.
         self.outbox.hold();
-        let attached = self.attach().await;
+        // Boxed, as is the detach below: both are short-lived, and inline they would
+        // sit in every idle connection's state for its whole life.
+        let attached = Box::pin(self.attach()).await;
         if attached.is_err() {
             self.outbox.close(CloseCode::Overloaded);
         }
-        let mut writer = std::pin::pin!(self.write_loop(sink));
+        let mut writer = std::pin::pin!(self.write_loop(&mut sink));
         let reader = async {
             if attached.is_err() {
                 return std::future::pending().await;
@@ -171,10 +184,20 @@ impl Connection {
         }
         self.unwatch_all();
         if attached.is_ok() {
-            self.detach().await;
+            Box::pin(self.detach()).await;
         }
         metrics::gauge!("switchboard_connections").decrement(1.0);
         tracing::debug!("connection closed");
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            user: self.identity.user.clone(),
+            device: self.identity.device.clone(),
+            node: self.node.node_id.clone(),
+            server: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+            limits: self.node.limits(),
+        }
     }
 
     fn session(&self) -> DeviceSession {
@@ -190,13 +213,13 @@ impl Connection {
         let (reply_tx, reply_rx) = oneshot::channel();
         let message = UserMsg::Attach { session: self.session(), reply: reply_tx };
         if let Err(error) = self.node.directory.user(&self.node, &self.identity.user, message).await {
-            tracing::warn!(%error, "attach failed");
+            tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, %error, "attach failed");
             return Err(AttachFailed);
         }
         match tokio::time::timeout(self.node.config.gateway.request_timeout(), reply_rx).await {
             Ok(Ok(())) => Ok(()),
             _ => {
-                tracing::warn!("attach not confirmed in time");
+                tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, "attach not confirmed in time");
                 // It may still have happened: never leave a registered dead session.
                 self.node.sessions.detach(&self.identity.user, &self.identity.device, self.conn_id);
                 Err(AttachFailed)
@@ -223,24 +246,24 @@ impl Connection {
         self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed)))
     }
 
-    async fn write_loop(&self, mut sink: SplitSink<Socket, Message>) {
+    /// Drains the outbox into the socket, and keeps the connection alive: pings when
+    /// quiet, closes when idle past the timeout or when the token expires.
+    ///
+    /// One timer serves the keepalive, the token's expiry and the write timeout (a
+    /// write is raced against it, then it is set back): this future is most of an idle
+    /// connection's state, and each timer is ~100 bytes of it.
+    async fn write_loop(&self, sink: &mut SplitSink<Socket, Message>) {
         let gateway = &self.node.config.gateway;
         let mut batch = Vec::new();
-        let mut keepalive = tokio::time::interval_at(Instant::now() + gateway.ping_interval(), gateway.ping_interval());
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry = async {
-            match self.identity.expires_at {
-                Some(exp) => {
-                    let left = Duration::from_secs(exp).saturating_sub(
-                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
-                    );
-                    tokio::time::sleep(left).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let mut expiry = std::pin::pin!(expiry);
-        let mut expired = false;
+        let mut next_ping = Instant::now() + gateway.ping_interval();
+        let mut expires_at = self.identity.expires_at.map(|exp| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            Instant::now() + Duration::from_secs(exp).saturating_sub(now)
+        });
+        let wake_at =
+            |next_ping: Instant, expires_at: Option<Instant>| expires_at.map_or(next_ping, |at| at.min(next_ping));
+        let timer = tokio::time::sleep_until(wake_at(next_ping, expires_at));
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 next = self.outbox.next(&mut batch, MAX_BATCH) => match next {
@@ -254,15 +277,18 @@ impl Connection {
                         };
                         // A peer that stopped reading stalls the write: past the timeout
                         // it is gone (its outbox has overflowed by then: it resumes).
-                        match tokio::time::timeout(gateway.write_timeout(), write).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => return,
-                            Err(_) => {
+                        timer.as_mut().reset(Instant::now() + gateway.write_timeout());
+                        tokio::select! {
+                            written = write => if written.is_err() {
+                                return;
+                            },
+                            () = &mut timer => {
                                 tracing::debug!("write stalled, dropping the connection");
                                 metrics::counter!("switchboard_write_stalls_total").increment(1);
                                 return;
                             }
                         }
+                        timer.as_mut().reset(wake_at(next_ping, expires_at));
                         metrics::counter!("switchboard_frames_out_total").increment(count);
                         metrics::histogram!("switchboard_write_batch_frames").record(count as f64);
                         // An idle connection should not keep a large batch buffer.
@@ -273,25 +299,41 @@ impl Connection {
                     Next::Close(code) => {
                         metrics::counter!("switchboard_closes_total", "code" => code.code().to_string()).increment(1);
                         let close = CloseFrame { code: code.code().into(), reason: Utf8Bytes::from_static(code.reason()) };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
+                        timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
+                        tokio::select! {
+                            _ = sink.send(Message::Close(Some(close))) => {}
+                            () = &mut timer => {}
+                        }
                         return;
                     }
                 },
-                _ = keepalive.tick() => {
-                    let quiet = self.quiet_for();
-                    if quiet >= gateway.idle_timeout() {
-                        tracing::debug!(quiet_ms = quiet.as_millis() as u64, "idle timeout");
-                        self.outbox.close(CloseCode::Normal);
-                    } else if quiet >= gateway.ping_interval()
-                        && sink.send(Message::Ping(Default::default())).await.is_err()
-                    {
-                        return;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if expires_at.is_some_and(|at| at <= now) {
+                        expires_at = None;
+                        tracing::info!(user.id = %self.identity.user, conn.id = self.conn_id, "token expired, closing");
+                        self.outbox.close(CloseCode::Policy);
                     }
-                }
-                () = &mut expiry, if !expired => {
-                    expired = true;
-                    tracing::info!("token expired, closing");
-                    self.outbox.close(CloseCode::Policy);
+                    if next_ping <= now {
+                        next_ping = now + gateway.ping_interval();
+                        let quiet = self.quiet_for();
+                        if quiet >= gateway.idle_timeout() {
+                            tracing::debug!(quiet_ms = quiet.as_millis() as u64, "idle timeout");
+                            self.outbox.close(CloseCode::Normal);
+                        } else if quiet >= gateway.ping_interval() {
+                            timer.as_mut().reset(Instant::now() + gateway.write_timeout());
+                            tokio::select! {
+                                sent = sink.send(Message::Ping(Default::default())) => if sent.is_err() {
+                                    return;
+                                },
+                                () = &mut timer => {
+                                    metrics::counter!("switchboard_write_stalls_total").increment(1);
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    timer.as_mut().reset(wake_at(next_ping, expires_at));
                 }
             }
         }
@@ -325,31 +367,36 @@ impl Connection {
             return Some(code);
         }
         let max_inflight = self.node.config.gateway.max_inflight_requests;
-        let mut inflight: FuturesUnordered<InflightSend> = FuturesUnordered::new();
+        let mut inflight: Inflight = None;
         // In a cluster: after a bus outage this device resyncs (what other nodes sent
         // meanwhile never reached it), at a random moment within the spread.
         let mut resync = self.node.cluster.as_ref().map(|cluster| cluster.resync_watch());
-        let mut resync_at: Option<Instant> = None;
+        // Boxed when set (rare): an inline timer would be in every connection's state.
+        let mut resync_at: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             // Replies first: no new request while our queued replies fill half the
             // outbox (a pipelining client is paced by TCP, not closed as a slow consumer;
             // one that does not read at all overflows once the wait runs out).
-            self.outbox.wait_half_empty(self.node.config.gateway.request_timeout()).await;
+            if !self.outbox.at_most_half_full() {
+                // Boxed: rare, and its state would otherwise be part of every idle
+                // connection's.
+                Box::pin(self.outbox.wait_half_empty(self.node.config.gateway.request_timeout())).await;
+            }
             tokio::select! {
-                Some(done) = inflight.next(), if !inflight.is_empty() => self.finish_send(done),
+                Some(done) = next_done(&mut inflight), if inflight_count(&inflight) > 0 => self.finish_send(done),
                 () = resync_requested(&mut resync) => {
                     let spread = self.node.cluster.as_ref().map_or(0, |cluster| cluster.config().resync_spread_ms);
                     let jitter = rand::random_range(0..=spread);
-                    resync_at = Some(Instant::now() + Duration::from_millis(jitter));
+                    resync_at = Some(Box::pin(tokio::time::sleep(Duration::from_millis(jitter))));
                 }
-                () = sleep_until_some(resync_at), if resync_at.is_some() => {
+                () = sleep_until_some(&mut resync_at), if resync_at.is_some() => {
                     resync_at = None;
                     metrics::counter!("switchboard_cluster_resyncs_total").increment(1);
                     if let Err(code) = Box::pin(self.resume(None, None)).await {
                         return Some(code);
                     }
                 }
-                incoming = stream.next(), if inflight.len() < max_inflight => {
+                incoming = stream.next(), if inflight_count(&inflight) < max_inflight => {
                     let message = match incoming {
                         None => return None,
                         Some(Ok(message)) => message,
@@ -443,7 +490,7 @@ impl Connection {
                 Ok(Some(_)) => Err((ErrorCode::Forbidden, "you are not a member of this group")),
                 Ok(None) => Err((ErrorCode::NotFound, "no such group")),
                 Err(error) => {
-                    tracing::warn!(%conv, %error, "group members unavailable");
+                    tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, %conv, %error, "group members unavailable");
                     Err((ErrorCode::Unavailable, "storage unavailable; retry later"))
                 }
             },
@@ -451,7 +498,7 @@ impl Connection {
         }
     }
 
-    async fn on_text(&self, text: &str, inflight: &mut FuturesUnordered<InflightSend>) -> Option<CloseCode> {
+    async fn on_text(&self, text: &str, inflight: &mut Inflight) -> Option<CloseCode> {
         let request = match codec::decode_client(text, &self.node.decode_limits) {
             Ok(request) => request,
             Err(error) => {
@@ -495,13 +542,13 @@ impl Connection {
         let limits = &self.node.config.rate_limits;
         let now_ms = self.opened.elapsed().as_millis() as u64;
         if self.strikes.strike(now_ms, limits.abuse_strikes, limits.abuse_window_ms) {
-            tracing::info!(kind, "rate limits hit persistently, closing (4003)");
+            tracing::info!(user.id = %self.identity.user, conn.id = self.conn_id, kind, "rate limits hit persistently, closing (4003)");
             return Err(CloseCode::RateLimitAbuse);
         }
         Ok(false)
     }
 
-    async fn on_send(&self, send: SendFrame, inflight: &mut FuturesUnordered<InflightSend>) -> Result<(), CloseCode> {
+    async fn on_send(&self, send: SendFrame, inflight: &mut Inflight) -> Result<(), CloseCode> {
         let verdict = self.send_limit.check().and_then(|()| self.node.user_sends.check(&self.identity.user));
         if !self.limited(send.r#ref.as_deref(), "send", verdict)? {
             return Ok(());
@@ -523,7 +570,7 @@ impl Connection {
             return Ok(());
         }
         let timeout = self.node.config.gateway.request_timeout();
-        inflight.push(Box::pin(async move {
+        inflight.get_or_insert_with(FuturesUnordered::new).push(Box::pin(async move {
             let result = match tokio::time::timeout(timeout, reply_rx).await {
                 Ok(Ok(result)) => result,
                 // The actor stopped before answering, or the store is too slow: the send
@@ -547,7 +594,7 @@ impl Connection {
         let refusal = match error {
             DirectoryError::Overloaded(_) => SendError::Overloaded,
             _ => {
-                tracing::warn!(%conv, %error, "request not delivered to its conversation");
+                tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, %conv, %error, "request not delivered to its conversation");
                 SendError::Unavailable
             }
         };
@@ -570,7 +617,7 @@ impl Connection {
         let ReceiptFrame { conv, seq, kind } = receipt;
         let message = UserMsg::Receipt { device: self.identity.device.clone(), conn_id: self.conn_id, conv, seq, kind };
         if let Err(error) = self.node.directory.user(&self.node, &self.identity.user, message).await {
-            tracing::warn!(%error, "receipt not delivered to the user actor");
+            tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, %error, "receipt not delivered to the user actor");
         }
     }
 
@@ -593,7 +640,7 @@ impl Connection {
     }
 
     fn store_error(&self, r#ref: Option<&str>, error: &StoreError) {
-        tracing::warn!(%error, "store request failed");
+        tracing::warn!(user.id = %self.identity.user, conn.id = self.conn_id, %error, "store request failed");
         self.reply_error(r#ref, ErrorCode::Unavailable, "storage unavailable; retry later", Some(500));
     }
 
@@ -688,7 +735,7 @@ impl Connection {
                     continue;
                 }
                 let Ok(frame) = Utf8Bytes::try_from(message.frame) else {
-                    tracing::error!(%conv, seq = message.seq, "stored frame is not UTF-8; skipped");
+                    tracing::error!(user.id = %self.identity.user, conn.id = self.conn_id, %conv, seq = message.seq, "stored frame is not UTF-8; skipped");
                     continue;
                 };
                 if self.outbox.push_wait(frame, wait).await != Push::Queued {
@@ -751,9 +798,21 @@ async fn resync_requested(resync: &mut Option<tokio::sync::watch::Receiver<u64>>
     }
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+fn inflight_count(inflight: &Inflight) -> usize {
+    inflight.as_ref().map_or(0, FuturesUnordered::len)
+}
+
+/// The next send to complete (pending while there is none).
+async fn next_done(inflight: &mut Inflight) -> Option<SendResult> {
+    match inflight {
+        Some(inflight) => inflight.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match sleep {
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }

@@ -143,6 +143,11 @@ impl Outbox {
         self.wait_for(deadline, || self.queue.at_most_half_full()).await
     }
 
+    /// Whether at most half of the outbox is in use (see [`Self::wait_half_empty`]).
+    pub fn at_most_half_full(&self) -> bool {
+        self.queue.at_most_half_full()
+    }
+
     /// Starts holding live messages (a resume begins).
     pub fn hold(&self) {
         self.queue.hold();

@@ -23,7 +23,7 @@ impl Connection {
         let limits = &self.node.config.rate_limits;
         let limit = self
             .presence_limit
-            .get_or_init(|| RateLimit::new(limits.presence_subs_per_sec, limits.presence_subs_burst));
+            .get_or_init(|| Box::new(RateLimit::new(limits.presence_subs_per_sec, limits.presence_subs_burst)));
         if !self.limited(r#ref.as_deref(), "presence_sub", limit.check())? {
             return Ok(());
         }
@@ -82,7 +82,8 @@ impl Connection {
     /// `Err`: the connection is abusing its limits and must be closed.
     pub(super) async fn on_typing(&self, typing: TypingFrame) -> Result<(), CloseCode> {
         let limits = &self.node.config.rate_limits;
-        let limit = self.typing_limit.get_or_init(|| RateLimit::new(limits.typing_per_sec, limits.typing_burst));
+        let limit =
+            self.typing_limit.get_or_init(|| Box::new(RateLimit::new(limits.typing_per_sec, limits.typing_burst)));
         if !self.limited(None, "typing", limit.check())? {
             return Ok(());
         }

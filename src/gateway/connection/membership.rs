@@ -30,7 +30,7 @@ impl Connection {
         let conv = match ConvId::group(&ulid::Ulid::new().to_string().to_lowercase()) {
             Ok(conv) => conv,
             Err(error) => {
-                tracing::error!(%error, "generated group id is invalid");
+                tracing::error!(user.id = %self.identity.user, conn.id = self.conn_id, %error, "generated group id is invalid");
                 self.reply_error(r#ref.as_deref(), ErrorCode::Internal, "cannot create a group id", None);
                 return;
             }
