@@ -256,9 +256,10 @@ impl Connection {
         let gateway = &self.node.config.gateway;
         let mut batch = Vec::new();
         let mut next_ping = Instant::now() + gateway.ping_interval();
-        let mut expires_at = self.identity.expires_at.map(|exp| {
+        // An expiry too far off to represent is no expiry.
+        let mut expires_at = self.identity.expires_at.and_then(|exp| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            Instant::now() + Duration::from_secs(exp).saturating_sub(now)
+            Instant::now().checked_add(Duration::from_secs(exp).saturating_sub(now))
         });
         let wake_at =
             |next_ping: Instant, expires_at: Option<Instant>| expires_at.map_or(next_ping, |at| at.min(next_ping));

@@ -104,3 +104,22 @@ async fn the_example_config_in_deploy_starts_a_node() {
     assert_eq!(client.hello["limits"]["max_frame_bytes"], 65536);
     client.until_synced().await;
 }
+
+#[tokio::test]
+async fn an_open_connection_is_closed_when_its_token_expires() {
+    let server = TestServer::start();
+    let claims = |exp: u64| sign_with(json!({"sub": "alice", "dev": "phone", "iat": now(), "exp": exp}), SECRET);
+    let mut expiring = TestClient::connect_token(server.addr, &claims(now() + 2)).await;
+    // Works until then...
+    assert_eq!(expiring.call(json!({"type": "ping"})).await["type"], "pong");
+    // ...and is closed with 1008 (policy) at its expiry, without any traffic.
+    let started = std::time::Instant::now();
+    assert_eq!(expiring.expect_close().await, Some(1008));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "closed {:?} after the ping", started.elapsed());
+    // An expiry too far off to schedule is no expiry: the connection lives.
+    let mut lasting = TestClient::connect_token(server.addr, &claims(u64::MAX)).await;
+    assert_eq!(lasting.hello["user"], "alice");
+    assert_eq!(lasting.call(json!({"type": "ping"})).await["type"], "pong");
+    lasting.expect_silence(std::time::Duration::from_millis(300)).await;
+    lasting.close().await;
+}
