@@ -28,7 +28,10 @@
 //!   nobody is declared down. When the bus is back, rosters are fetched again, caches
 //!   fed by cluster events are dropped, and every connected device resyncs (replays
 //!   from its cursors what it missed from other nodes), spread over
-//!   `resync_spread_ms`.
+//!   `resync_spread_ms`. Nodes come back at different moments (each client's reconnect
+//!   backoff has its own jitter): a node that could not publish deliveries meanwhile
+//!   asks their nodes to resync once it is back, since their devices may have resynced
+//!   before it was.
 //!
 //! The bus is best-effort. A delivery it loses reaches the device on its next resume; a
 //! forward it loses times out and is retried by the client; nothing acknowledged
@@ -37,7 +40,7 @@
 mod control;
 pub mod wire;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -101,6 +104,9 @@ pub struct Cluster {
     forwards: Arc<Semaphore>,
     /// Bumped when connected devices must resync (the bus came back).
     resync: watch::Sender<u64>,
+    /// Nodes a delivery could not be published to; asked to resync once the bus works
+    /// again ([`wire::ClusterEvent::Resync`]).
+    missed: Mutex<BTreeSet<String>>,
     connected: AtomicBool,
 }
 
@@ -123,6 +129,7 @@ impl Cluster {
             local_users: RwLock::new(HashSet::new()),
             fetching: Mutex::new(HashSet::new()),
             resync: watch::Sender::new(0),
+            missed: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -180,6 +187,36 @@ impl Cluster {
         self.resync.subscribe()
     }
 
+    /// Every connected device of this node resyncs (each at a random moment within
+    /// `resync_spread_ms`; requests meanwhile are coalesced).
+    fn request_resync(&self) {
+        self.resync.send_modify(|generation| *generation += 1);
+    }
+
+    /// Asks the nodes that deliveries could not reach to resync their devices, once the
+    /// bus works (called when it comes back and on every heartbeat). Nodes not asked
+    /// because the request failed are asked again next time.
+    async fn ask_missed_to_resync(&self) {
+        if !self.is_connected() {
+            return;
+        }
+        let nodes: Vec<String> =
+            std::mem::take(&mut *self.missed.lock().unwrap_or_else(PoisonError::into_inner)).into_iter().collect();
+        if nodes.is_empty() {
+            return;
+        }
+        let event = ClusterEvent::Resync { nodes: nodes.clone() };
+        let published = match serde_json::to_vec(&event) {
+            Ok(payload) => self.bus.publish(subjects::cluster_events(), Bytes::from(payload)).await.is_ok(),
+            Err(_) => false,
+        };
+        if published {
+            tracing::info!(?nodes, "asked the nodes that missed deliveries to resync");
+        } else {
+            self.missed.lock().unwrap_or_else(PoisonError::into_inner).extend(nodes);
+        }
+    }
+
     /// Pushes `frame` to the devices of `users` connected to other nodes: one publish
     /// per node that has any of them.
     pub async fn deliver(&self, users: &[UserId], kind: Kind<'_>, frame: &Utf8Bytes, except: Option<u64>) {
@@ -234,9 +271,11 @@ impl Cluster {
         match outcome {
             Ok(()) => metrics::counter!("switchboard_cluster_deliveries_total", "outcome" => "published").increment(1),
             Err(error) => {
-                // The devices there catch up on their next resume.
+                // The devices there catch up by a resync, asked for once the bus is
+                // back, or on their next resume.
                 metrics::counter!("switchboard_cluster_deliveries_total", "outcome" => "failed").increment(1);
                 tracing::debug!(%node, %error, "delivery to a node not published");
+                self.missed.lock().unwrap_or_else(PoisonError::into_inner).insert(node.to_owned());
             }
         }
     }

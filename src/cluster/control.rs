@@ -69,6 +69,7 @@ async fn control_loop(node: Arc<Node>, cluster: Arc<Cluster>, mut subs: Subscrip
             () = node.shutdown.cancelled() => break,
             _ = ticker.tick() => {
                 heartbeat(&cluster).await;
+                cluster.ask_missed_to_resync().await;
                 let changes = cluster
                     .membership
                     .lock()
@@ -87,10 +88,11 @@ async fn control_loop(node: Arc<Node>, cluster: Arc<Cluster>, mut subs: Subscrip
             Some(message) = subs.inbox.next() => on_delivery(&node, &message),
             Some(message) = subs.rpc.next() => on_rpc(&node, &cluster, message),
             Some(message) = subs.roster.next() => on_roster_request(&cluster, message).await,
-            Some(message) = subs.events.next() => on_event(&node, &message),
+            Some(message) = subs.events.next() => on_event(&node, &cluster, &message),
             Ok(()) = connected.changed() => {
                 let up = *connected.borrow_and_update();
                 on_connection(&node, &cluster, up);
+                cluster.ask_missed_to_resync().await;
             }
         }
     }
@@ -404,10 +406,16 @@ fn refusal(error: &DirectoryError) -> SendError {
     }
 }
 
-fn on_event(node: &Node, message: &BusMessage) {
+fn on_event(node: &Node, cluster: &Cluster, message: &BusMessage) {
     let Some(event) = decode::<ClusterEvent>(message) else { return };
     match event {
         ClusterEvent::Group { conv, name, members } => node.groups.put(conv, Arc::new(GroupInfo::new(name, members))),
+        ClusterEvent::Resync { nodes } => {
+            if nodes.contains(&cluster.me) {
+                tracing::info!("a node that could not reach this one meanwhile is back on the bus: devices resync");
+                cluster.request_resync();
+            }
+        }
         ClusterEvent::Revoked { user, before } => {
             node.note_revocation(&user, before);
             let closed = node.sessions.close_revoked(&user, before);
@@ -436,5 +444,5 @@ fn on_connection(node: &Arc<Node>, cluster: &Arc<Cluster>, up: bool) {
     // Events may have been missed: what they keep current is read again.
     node.groups.clear();
     node.forget_revocations();
-    cluster.resync.send_modify(|generation| *generation += 1);
+    cluster.request_resync();
 }

@@ -96,6 +96,10 @@ pub enum ClusterEvent {
     Group { conv: ConvId, name: String, members: Vec<UserId> },
     /// A user's tokens issued before `before` are revoked: close them, refuse them.
     Revoked { user: UserId, before: u64 },
+    /// Sent by a node back on the bus to the nodes it could not deliver to meanwhile:
+    /// their devices resync (they may have resynced before the sender was back, and
+    /// then nothing else would bring them what it sent in between).
+    Resync { nodes: Vec<String> },
 }
 
 #[cfg(test)]
