@@ -206,11 +206,7 @@ impl Cluster {
             return;
         }
         let event = ClusterEvent::Resync { nodes: nodes.clone() };
-        let published = match serde_json::to_vec(&event) {
-            Ok(payload) => self.bus.publish(subjects::cluster_events(), Bytes::from(payload)).await.is_ok(),
-            Err(_) => false,
-        };
-        if published {
+        if self.publish(subjects::cluster_events(), &event).await {
             tracing::info!(?nodes, "asked the nodes that missed deliveries to resync");
         } else {
             self.missed.lock().unwrap_or_else(PoisonError::into_inner).extend(nodes);
@@ -325,7 +321,9 @@ impl Cluster {
             }
             ConvMsg::Mark { user, kind, seq } => {
                 let rpc = Rpc::Mark { conv: conv.clone(), user, kind, seq };
-                tokio::spawn(async move { cluster.publish(&subject, &rpc).await });
+                tokio::spawn(async move {
+                    cluster.publish(&subject, &rpc).await;
+                });
             }
             ConvMsg::Written(_) | ConvMsg::Tick | ConvMsg::Crash => {
                 return Err(DirectoryError::Unreachable("not a message for another node".to_owned()));
@@ -350,14 +348,21 @@ impl Cluster {
         serde_json::from_slice(&answer).map_err(|error| tracing::warn!(subject, %error, "forwarded answer not decoded"))
     }
 
-    async fn publish(&self, subject: &str, message: &impl serde::Serialize) {
+    /// Publishes `message` on `subject`; returns whether it went out (failures are
+    /// logged: most callers have nothing else to do about them).
+    async fn publish(&self, subject: &str, message: &impl serde::Serialize) -> bool {
         match serde_json::to_vec(message) {
-            Ok(payload) => {
-                if let Err(error) = self.bus.publish(subject, Bytes::from(payload)).await {
+            Ok(payload) => match self.bus.publish(subject, Bytes::from(payload)).await {
+                Ok(()) => true,
+                Err(error) => {
                     tracing::debug!(subject, %error, "not published");
+                    false
                 }
+            },
+            Err(error) => {
+                tracing::error!(subject, %error, "not encoded");
+                false
             }
-            Err(error) => tracing::error!(subject, %error, "not encoded"),
         }
     }
 

@@ -278,16 +278,10 @@ impl Connection {
                         };
                         // A peer that stopped reading stalls the write: past the timeout
                         // it is gone (its outbox has overflowed by then: it resumes).
-                        timer.as_mut().reset(Instant::now() + gateway.write_timeout());
-                        tokio::select! {
-                            written = write => if written.is_err() {
-                                return;
-                            },
-                            () = &mut timer => {
-                                tracing::debug!("write stalled, dropping the connection");
-                                metrics::counter!("switchboard_write_stalls_total").increment(1);
-                                return;
-                            }
+                        match before(timer.as_mut(), gateway.write_timeout(), write).await {
+                            Some(Ok(())) => {}
+                            Some(Err(_)) => return,
+                            None => return write_stalled(),
                         }
                         timer.as_mut().reset(wake_at(next_ping, expires_at));
                         metrics::counter!("switchboard_frames_out_total").increment(count);
@@ -300,11 +294,7 @@ impl Connection {
                     Next::Close(code) => {
                         metrics::counter!("switchboard_closes_total", "code" => code.code().to_string()).increment(1);
                         let close = CloseFrame { code: code.code().into(), reason: Utf8Bytes::from_static(code.reason()) };
-                        timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
-                        tokio::select! {
-                            _ = sink.send(Message::Close(Some(close))) => {}
-                            () = &mut timer => {}
-                        }
+                        let _ = before(timer.as_mut(), Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
                         return;
                     }
                 },
@@ -322,15 +312,11 @@ impl Connection {
                             tracing::debug!(quiet_ms = quiet.as_millis() as u64, "idle timeout");
                             self.outbox.close(CloseCode::Normal);
                         } else if quiet >= gateway.ping_interval() {
-                            timer.as_mut().reset(Instant::now() + gateway.write_timeout());
-                            tokio::select! {
-                                sent = sink.send(Message::Ping(Default::default())) => if sent.is_err() {
-                                    return;
-                                },
-                                () = &mut timer => {
-                                    metrics::counter!("switchboard_write_stalls_total").increment(1);
-                                    return;
-                                }
+                            let ping = sink.send(Message::Ping(Default::default()));
+                            match before(timer.as_mut(), gateway.write_timeout(), ping).await {
+                                Some(Ok(())) => {}
+                                Some(Err(_)) => return,
+                                None => return write_stalled(),
                             }
                         }
                     }
@@ -797,6 +783,25 @@ async fn resync_requested(resync: &mut Option<tokio::sync::watch::Receiver<u64>>
         *resync = None;
         std::future::pending::<()>().await;
     }
+}
+
+/// Runs `work` until it completes or `timeout` passes, timed by the writer's one timer
+/// (reset here); `None` if the time ran out first.
+async fn before<T>(
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    timeout: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    timer.as_mut().reset(Instant::now() + timeout);
+    tokio::select! {
+        done = work => Some(done),
+        () = timer => None,
+    }
+}
+
+fn write_stalled() {
+    tracing::debug!("write stalled, dropping the connection");
+    metrics::counter!("switchboard_write_stalls_total").increment(1);
 }
 
 fn inflight_count(inflight: &Inflight) -> usize {
